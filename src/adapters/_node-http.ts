@@ -1,0 +1,215 @@
+/**
+ * @module Shared by the adapters built on node:http (node, Express, Koa, NestJS): reading the body
+ * so the app can read it again, capturing every way a response leaves, writing engine responses.
+ */
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { Readable } from 'node:stream';
+import { readLimited } from '../core/body.js';
+import type { Execution, IncomingRequest, OutgoingResponse } from '../core/engine.js';
+import type { HeaderMap } from '../core/store.js';
+
+/** The engine's view of a node:http request; the body is read only when asked. */
+export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> {
+  readonly method: string;
+  readonly url: string;
+
+  constructor(
+    readonly req: IncomingMessage,
+    readonly raw: Raw,
+    url?: string,
+  ) {
+    this.method = req.method ?? 'GET';
+    this.url = url ?? req.url ?? '/';
+  }
+
+  header(name: string): string | undefined {
+    const value = this.req.headers[name];
+    return Array.isArray(value) ? value.join(', ') : value;
+  }
+
+  async readBody(limit: number): Promise<Uint8Array> {
+    const req = this.req;
+    const body = await readLimited(req, limit, req.headers['content-length']);
+    rearmBody(req, body);
+    return body;
+  }
+}
+
+/**
+ * Make a fully read request readable again from the start, so the app's own body parsers
+ * (or `for await (const chunk of req)`) get the whole body although oncely read it first.
+ * It gives the message a fresh readable state holding the bytes; headers and socket are untouched.
+ */
+export function rearmBody(req: IncomingMessage, body: Uint8Array): void {
+  const fresh = new Readable({ read() {} });
+  (req as unknown as { _readableState: unknown })._readableState = (
+    fresh as unknown as { _readableState: unknown }
+  )._readableState;
+  if (body.byteLength > 0) req.push(body);
+  req.push(null);
+}
+
+/** Write an engine response (replay or problem) with node:http. */
+export function writeResponse(res: ServerResponse, response: OutgoingResponse): void {
+  const headers: OutgoingHttpHeaders = { ...response.headers, 'content-length': response.body.byteLength };
+  res.writeHead(response.status, headers);
+  res.end(response.body);
+}
+
+/** node's header object, values normalised to strings. */
+export function headerMap(headers: OutgoingHttpHeaders): HeaderMap {
+  const map: HeaderMap = {};
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined) continue;
+    map[name] = Array.isArray(value) ? value.map(String) : String(value);
+  }
+  return map;
+}
+
+type WriteCallback = (error?: Error | null) => void;
+type Write = (chunk: unknown, encoding?: unknown, callback?: unknown) => boolean;
+type End = (chunk?: unknown, encoding?: unknown, callback?: unknown) => ServerResponse;
+type WriteHead = (...args: unknown[]) => ServerResponse;
+
+/**
+ * Capture what a handler writes to `res` — `writeHead`, `setHeader`, `write`, `end`, pipes — and
+ * hand the complete response to `execution` before any byte reaches the client (R6). Bodies over
+ * `maxResponseBytes` and event streams are recorded without their body, then streamed (R7).
+ *
+ * @returns `fail(error)`: call when the handler threw or rejected; it records and sends the 500
+ * problem if nothing was sent yet (R3), or cuts off a response already streaming.
+ */
+export function captureResponse(res: ServerResponse, execution: Execution): { fail(error: unknown): void } {
+  const original = { write: res.write, end: res.end, writeHead: res.writeHead };
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let mode: 'buffer' | 'switching' | 'stream' | 'ended' = 'buffer';
+  const queued: Array<() => void> = [];
+
+  const restore = () => {
+    res.write = original.write;
+    res.end = original.end;
+    res.writeHead = original.writeHead;
+  };
+
+  const toBuffer = (chunk: unknown, encoding: unknown): Buffer | undefined => {
+    if (chunk === undefined || chunk === null) return undefined;
+    if (typeof chunk === 'string')
+      return Buffer.from(chunk, (typeof encoding === 'string' ? encoding : 'utf8') as BufferEncoding);
+    if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    throw new TypeError('The "chunk" argument must be of type string or an instance of Buffer or Uint8Array');
+  };
+  const callbackOf = (encoding: unknown, callback: unknown): WriteCallback | undefined =>
+    typeof encoding === 'function'
+      ? (encoding as WriteCallback)
+      : typeof callback === 'function'
+        ? (callback as WriteCallback)
+        : undefined;
+
+  // R7: too large or an event stream: record the head, then stream what was buffered and what follows.
+  const switchToStream = () => {
+    mode = 'switching';
+    execution.completeWithoutBody(res.statusCode, headerMap(res.getHeaders())).then(() => {
+      restore();
+      mode = 'stream';
+      for (const chunk of chunks) (original.write as Write).call(res, chunk);
+      chunks.length = 0;
+      for (const operation of queued.splice(0)) operation();
+    });
+  };
+
+  res.writeHead = function writeHead(this: ServerResponse, status: unknown, ...rest: unknown[]) {
+    res.statusCode = status as number;
+    let headers = rest[0];
+    if (typeof headers === 'string') {
+      res.statusMessage = headers;
+      headers = rest[1];
+    }
+    if (Array.isArray(headers)) {
+      // Raw form: [name, value, name, value, …] or [[name, value], …].
+      if (Array.isArray(headers[0]))
+        for (const [name, value] of headers as [string, string][]) res.appendHeader(name, value);
+      else
+        for (let i = 0; i + 1 < headers.length; i += 2)
+          res.appendHeader(headers[i] as string, headers[i + 1] as string);
+    } else if (headers && typeof headers === 'object') {
+      for (const [name, value] of Object.entries(headers))
+        if (value !== undefined) res.setHeader(name, value as string);
+    }
+    return res;
+  } as WriteHead as typeof res.writeHead;
+
+  res.write = function write(this: ServerResponse, chunk: unknown, encoding?: unknown, callback?: unknown) {
+    if (mode === 'stream') return (original.write as Write).call(res, chunk, encoding, callback);
+    const done = callbackOf(encoding, callback);
+    if (mode === 'switching') {
+      queued.push(() => (original.write as Write).call(res, chunk, encoding, callback));
+      return true;
+    }
+    const buffer = toBuffer(chunk, encoding);
+    if (buffer !== undefined && buffer.byteLength > 0) {
+      chunks.push(buffer);
+      size += buffer.byteLength;
+    }
+    if (done) process.nextTick(done);
+    if (size > execution.maxResponseBytes || execution.streams(headerMap(res.getHeaders()))) switchToStream();
+    return true;
+  } as Write as typeof res.write;
+
+  res.end = function end(this: ServerResponse, chunk?: unknown, encoding?: unknown, callback?: unknown) {
+    if (typeof chunk === 'function') {
+      callback = chunk;
+      chunk = undefined;
+    }
+    if (mode === 'stream') return (original.end as End).call(res, chunk, encoding, callback);
+    if (mode === 'switching') {
+      queued.push(() => (original.end as End).call(res, chunk, encoding, callback));
+      return res;
+    }
+    if (mode === 'ended') return res;
+    const buffer = toBuffer(chunk, encoding);
+    if (buffer !== undefined && buffer.byteLength > 0) {
+      chunks.push(buffer);
+      size += buffer.byteLength;
+    }
+    const done = callbackOf(encoding, callback);
+    if (size > execution.maxResponseBytes || execution.streams(headerMap(res.getHeaders()))) {
+      switchToStream();
+      queued.push(() => (original.end as End).call(res, undefined, undefined, done));
+      return res;
+    }
+    mode = 'ended';
+    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+    const response: OutgoingResponse = { status: res.statusCode, headers: headerMap(res.getHeaders()), body };
+    // R6: recorded before the first byte is released.
+    execution.complete(response).then(() => {
+      restore();
+      if (!res.hasHeader('transfer-encoding')) res.setHeader('content-length', body.byteLength);
+      (original.end as End).call(res, body, undefined, done);
+    });
+    return res;
+  } as End as typeof res.end;
+
+  return {
+    fail(error: unknown) {
+      if (mode === 'buffer') {
+        mode = 'ended';
+        restore();
+        execution.fail(error).then((problem) => {
+          if (res.headersSent) res.destroy();
+          else writeFresh(res, problem);
+        });
+      } else if (mode === 'stream' || mode === 'switching') {
+        // The head is recorded and bytes may be on the wire: cut the response off.
+        res.destroy(error instanceof Error ? error : undefined);
+      }
+    },
+  };
+}
+
+/** Replace whatever headers the handler set with `response`'s, then send it. */
+function writeFresh(res: ServerResponse, response: OutgoingResponse): void {
+  for (const name of res.getHeaderNames()) res.removeHeader(name);
+  writeResponse(res, response);
+}

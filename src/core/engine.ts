@@ -1,0 +1,480 @@
+/**
+ * @module The framework-neutral engine: every decision of SPEC K, M, F, R, L, T, S and P.
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  IdempotencyError,
+  KeyInUseError,
+  KeyNotAllowedError,
+  KeyReusedError,
+  MissingKeyError,
+  ResponseIncompleteError,
+  StoreTimeoutError,
+  StoreUnavailableError,
+} from './errors.js';
+import type { EngineEvent, EngineEventType } from './events.js';
+import { defaultFingerprint, defaultScope } from './fingerprint.js';
+import { IDEMPOTENCY_KEY_HEADER, parseKey, redactKey } from './key.js';
+import { type IdempotencyOptions, type ResolvedOptions, resolveOptions } from './options.js';
+import type { IdempotencyRequest } from './request.js';
+import type { HeaderMap, Store, StoredResponse } from './store.js';
+
+/** Replays carry this header (R2). */
+export const REPLAYED_HEADER = 'idempotent-replayed';
+/** Replays of responses recorded without their body carry this header (R7). */
+export const BODY_OMITTED_HEADER = 'idempotent-body-omitted';
+
+/** What an adapter hands the engine: the request, with the body still unread. */
+export interface IncomingRequest<Raw = unknown> {
+  readonly method: string;
+  readonly url: string;
+  header(name: string): string | undefined;
+  /**
+   * Read the whole body; called only for keyed requests. Must reject with
+   * {@link RequestTooLargeError} once more than `limit` bytes arrive (R7).
+   */
+  readBody(limit: number): Promise<Uint8Array>;
+  readonly raw: Raw;
+}
+
+/** A response for the adapter to write: status, headers, body bytes. */
+export interface OutgoingResponse {
+  status: number;
+  headers: HeaderMap;
+  body: Uint8Array;
+}
+
+/** Run the handler without protection: no key, another method, or fail-open. */
+export interface PassDecision {
+  readonly action: 'pass';
+}
+/** Write `response` (a replay or a problem); the handler must not run. */
+export interface RespondDecision {
+  readonly action: 'respond';
+  readonly response: OutgoingResponse;
+}
+/** Run the handler, then hand its response to `execution`. */
+export interface ExecuteDecision {
+  readonly action: 'execute';
+  readonly execution: Execution;
+}
+export type Decision = PassDecision | RespondDecision | ExecuteDecision;
+
+/** The decision for requests the engine does not touch; adapters may compare by identity. */
+export const PASS: PassDecision = Object.freeze({ action: 'pass' });
+
+// R2: never recorded; hop-by-hop fields, cookies, and fields the server sets afresh.
+const UNRECORDED_HEADERS = new Set([
+  'connection',
+  'keep-alive',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'set-cookie',
+  'date',
+  'content-length',
+]);
+
+/**
+ * The idempotency engine. Adapters call {@link Engine.begin} for each request and act on the decision.
+ *
+ * @example
+ * const engine = new Engine({ store: new MemoryStore() });
+ * const decision = engine.begin(request);
+ */
+export class Engine<Raw = unknown> {
+  readonly options: ResolvedOptions<Raw>;
+  readonly store: Store;
+
+  constructor(options?: IdempotencyOptions<Raw>) {
+    this.options = resolveOptions(options);
+    this.store = this.options.store;
+  }
+
+  /**
+   * Decide what happens to one request. Returns {@link PASS} synchronously for requests the engine
+   * does not touch (K6, M2, M3), so unkeyed traffic costs a header look-up; otherwise a promise.
+   * Never rejects for bad input: every rejection is a problem response (P1). Errors thrown by the
+   * user's `scope` or `fingerprint` callbacks propagate.
+   */
+  begin(request: IncomingRequest<Raw>): Decision | Promise<Decision> {
+    const options = this.options;
+    const header = request.header(IDEMPOTENCY_KEY_HEADER);
+    if (!options.methods.has(request.method)) {
+      // K6, M2: other methods pass unread, unless told to reject keys on them.
+      if (header === undefined || options.onSafeMethodKey === 'ignore') return PASS;
+      return this.#reject(request, new KeyNotAllowedError(request.method), performance.now());
+    }
+    if (header === undefined) {
+      return options.required
+        ? this.#reject(request, new MissingKeyError(request.method), performance.now())
+        : PASS;
+    }
+    return this.#beginKeyed(request, header);
+  }
+
+  async #beginKeyed(incoming: IncomingRequest<Raw>, header: string): Promise<Decision> {
+    const started = performance.now();
+    const key = parseKey(header);
+    if (typeof key !== 'string') return this.#reject(incoming, key, started);
+    let body: Uint8Array;
+    try {
+      body = await incoming.readBody(this.options.maxRequestBytes);
+    } catch (error) {
+      if (error instanceof IdempotencyError) return this.#reject(incoming, error, started, key);
+      throw error;
+    }
+    const request: IdempotencyRequest<Raw> = {
+      method: incoming.method,
+      url: incoming.url,
+      header: (name) => incoming.header(name),
+      body,
+      raw: incoming.raw,
+    };
+    const options = this.options;
+    const scope = options.scope ? await options.scope(request) : defaultScope(request);
+    const fingerprint = options.fingerprint
+      ? await options.fingerprint(request)
+      : defaultFingerprint(request);
+    if (typeof scope !== 'string') throw new TypeError('options.scope must return a string');
+    if (typeof fingerprint !== 'string') throw new TypeError('options.fingerprint must return a string');
+    const context = new RequestContext(this, request, scope, key, fingerprint, started);
+    return context.acquire();
+  }
+
+  #reject(
+    request: { method: string; url: string },
+    error: IdempotencyError,
+    started: number,
+    key?: string,
+  ): RespondDecision {
+    this.emit('rejected', request, started, 0, { key, status: error.status, code: error.code });
+    return { action: 'respond', response: problemResponse(error) };
+  }
+
+  /** Run one store call under `storeTimeoutMs` (S2: a hung store must not hang requests). */
+  callStore<T>(operation: string, call: () => Promise<T>): Promise<T> {
+    const ms = this.options.storeTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new StoreTimeoutError(operation, ms)), ms);
+    });
+    let result: Promise<T>;
+    try {
+      result = call();
+    } catch (error) {
+      clearTimeout(timer);
+      return Promise.reject(error);
+    }
+    return Promise.race([result, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  /** @internal */
+  emit(
+    type: EngineEventType,
+    request: { method: string; url: string },
+    started: number,
+    storeMs: number,
+    extra: Partial<EngineEvent>,
+  ): void {
+    const onEvent = this.options.onEvent;
+    if (onEvent === undefined) return;
+    const event: EngineEvent = {
+      type,
+      method: request.method,
+      url: request.url,
+      durationMs: performance.now() - started,
+      storeMs,
+      ...extra,
+    };
+    if (event.key !== undefined) event.key = redactKey(event.key);
+    try {
+      onEvent(event);
+    } catch {
+      // A faulty listener must not change the outcome of a request.
+    }
+  }
+
+  /** Stop using the store: closes it. Safe to call twice. */
+  close(): Promise<void> {
+    return this.store.close();
+  }
+}
+
+/**
+ * One keyed request on its way through the store.
+ * @internal
+ */
+export class RequestContext<Raw> {
+  readonly token = randomUUID();
+  storeMs = 0;
+
+  constructor(
+    readonly engine: Engine<Raw>,
+    readonly request: IdempotencyRequest<Raw>,
+    readonly scope: string,
+    readonly key: string,
+    readonly fingerprint: string,
+    readonly started: number,
+  ) {}
+
+  async acquire(): Promise<Decision> {
+    const { options } = this.engine;
+    const deadline = this.started + options.waitTimeoutMs;
+    let delay = 10;
+    for (;;) {
+      const before = performance.now();
+      let result: Awaited<ReturnType<Store['acquire']>>;
+      try {
+        result = await this.engine.callStore('acquire', () =>
+          this.engine.store.acquire({
+            scope: this.scope,
+            key: this.key,
+            fingerprint: this.fingerprint,
+            token: this.token,
+            leaseMs: options.lockTimeoutMs,
+          }),
+        );
+      } catch (error) {
+        this.storeMs += performance.now() - before;
+        return this.storeFailed(error);
+      }
+      this.storeMs += performance.now() - before;
+      if (result.state === 'acquired') {
+        return { action: 'execute', execution: new Execution(this) };
+      }
+      // F2: checked before the lock, whether the record is in flight or completed.
+      if (result.fingerprint !== this.fingerprint) {
+        return this.respond('mismatch', new KeyReusedError());
+      }
+      if (result.state === 'completed') {
+        const response = replayResponse(result.response);
+        this.emit('replayed', { status: response.status });
+        return { action: 'respond', response };
+      }
+      // L2: in flight with the same request.
+      const now = performance.now();
+      if (options.onInFlight === 'reject' || now >= deadline) {
+        return this.respond('conflict', new KeyInUseError());
+      }
+      await sleep(Math.min(delay, deadline - now));
+      delay = Math.min(delay * 2, 250);
+    }
+  }
+
+  storeFailed(error: unknown): Decision {
+    const failOpen = this.engine.options.onStoreError === 'fail-open';
+    if (failOpen) {
+      this.emit('store_error', { failOpen, error });
+      return PASS;
+    }
+    const problem = new StoreUnavailableError(error);
+    this.emit('store_error', { failOpen, error, status: problem.status, code: problem.code });
+    return { action: 'respond', response: problemResponse(problem) };
+  }
+
+  respond(type: EngineEventType, error: IdempotencyError): RespondDecision {
+    this.emit(type, { status: error.status, code: error.code });
+    return { action: 'respond', response: problemResponse(error) };
+  }
+
+  emit(type: EngineEventType, extra: Partial<EngineEvent>): void {
+    this.engine.emit(type, this.request, this.started, this.storeMs, { key: this.key, ...extra });
+  }
+}
+
+/**
+ * The handle of a request that won the lock: the adapter runs the handler and hands the response
+ * here, which records it before the adapter releases it to the client (R6). The lease is renewed
+ * while the handler runs (L3); every store write is fenced by the acquisition's token (L4).
+ */
+export class Execution {
+  readonly #context: RequestContext<unknown>;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #settled = false;
+  #lost = false;
+
+  /** @internal */
+  // biome-ignore lint/suspicious/noExplicitAny: the execution does not depend on the raw request type
+  constructor(context: RequestContext<any>) {
+    this.#context = context;
+    const { engine } = context;
+    const leaseMs = engine.options.lockTimeoutMs;
+    this.#heartbeat = setInterval(() => this.#renew(leaseMs), Math.max(1, Math.floor(leaseMs / 3)));
+    this.#heartbeat.unref();
+  }
+
+  /** The request being executed (with its body), for adapters that must hand the body back to the app. */
+  get request(): IdempotencyRequest {
+    return this.#context.request;
+  }
+
+  /** The largest body that is recorded (R7); adapters stop buffering past it. */
+  get maxResponseBytes(): number {
+    return this.#context.engine.options.maxResponseBytes;
+  }
+
+  /** True once a renewal found that another request took the lease over (L4). */
+  get lost(): boolean {
+    return this.#lost;
+  }
+
+  /**
+   * R7: whether a response with these headers must be streamed rather than buffered
+   * (an event stream, or a declared length over `maxResponseBytes`).
+   */
+  streams(headers: HeaderMap): boolean {
+    const type = first(headers['content-type']);
+    if (type?.trimStart().toLowerCase().startsWith('text/event-stream')) return true;
+    const length = first(headers['content-length']);
+    return length !== undefined && Number(length) > this.maxResponseBytes;
+  }
+
+  /**
+   * Record the handler's complete response (R1, R6) and return it for the adapter to send.
+   * A store failure here is reported, never thrown: the handler already acted, so its response
+   * still goes to the client.
+   */
+  async complete(response: OutgoingResponse): Promise<OutgoingResponse> {
+    if (response.body.byteLength > this.maxResponseBytes || this.streams(response.headers)) {
+      await this.completeWithoutBody(response.status, response.headers);
+      return response;
+    }
+    await this.#finish(response.status, response.headers, response.body, false);
+    return response;
+  }
+
+  /**
+   * R7: record status and headers only, before streaming a body too large to keep (or an event
+   * stream) to the first caller. Replays carry `Idempotent-Body-Omitted: true`.
+   */
+  completeWithoutBody(status: number, headers: HeaderMap): Promise<void> {
+    return this.#finish(status, headers, EMPTY, true);
+  }
+
+  /**
+   * R3: the handler failed and no framework produced an error response, or the response broke off
+   * midway: record a 500 problem so a retry never re-runs the handler, and return it.
+   */
+  async fail(cause?: unknown): Promise<OutgoingResponse> {
+    const response = problemResponse(new ResponseIncompleteError(cause));
+    await this.#finish(response.status, response.headers, response.body, false);
+    return response;
+  }
+
+  /** Drop the lock without an outcome, so a retry runs the handler again (G2, fail-open paths). */
+  async release(): Promise<void> {
+    if (!this.#settle()) return;
+    const context = this.#context;
+    await this.#write('release', () =>
+      context.engine.store.release(context.scope, context.key, context.token),
+    );
+    context.emit('released', {});
+  }
+
+  async #finish(status: number, headers: HeaderMap, body: Uint8Array, bodyOmitted: boolean): Promise<void> {
+    if (!this.#settle()) return;
+    const context = this.#context;
+    const { engine } = context;
+    const store = engine.store;
+    if (!shouldRecord(engine.options.record, status)) {
+      await this.#write('release', () => store.release(context.scope, context.key, context.token));
+      context.emit('released', { status });
+      return;
+    }
+    const stored: StoredResponse = { status, headers: recordableHeaders(headers), body, bodyOmitted };
+    const written = await this.#write('complete', () =>
+      store.complete(context.scope, context.key, context.token, stored, engine.options.ttlMs),
+    );
+    if (written === false) context.emit('fenced', { status });
+    else if (written === true) context.emit('executed', { status });
+  }
+
+  /** One fenced store write; returns undefined when the store failed (reported, not thrown). */
+  async #write(operation: string, call: () => Promise<boolean>): Promise<boolean | undefined> {
+    const context = this.#context;
+    const before = performance.now();
+    try {
+      return await context.engine.callStore(operation, call);
+    } catch (error) {
+      context.emit('store_error', { error, failOpen: false });
+      return undefined;
+    } finally {
+      context.storeMs += performance.now() - before;
+    }
+  }
+
+  #settle(): boolean {
+    if (this.#settled) return false;
+    this.#settled = true;
+    clearInterval(this.#heartbeat);
+    return true;
+  }
+
+  async #renew(leaseMs: number): Promise<void> {
+    const context = this.#context;
+    try {
+      const renewed = await context.engine.callStore('renew', () =>
+        context.engine.store.renew(context.scope, context.key, context.token, leaseMs),
+      );
+      if (!renewed && !this.#settled) {
+        // L4: someone took the lease over; our outcome will be refused. Stop renewing.
+        this.#lost = true;
+        clearInterval(this.#heartbeat);
+      }
+    } catch (error) {
+      // A missed renewal is retried on the next beat; the lease outlives two of them.
+      context.emit('store_error', { error, failOpen: false });
+    }
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+const encoder = new TextEncoder();
+
+function shouldRecord(policy: 'all' | 'non-5xx' | '2xx', status: number): boolean {
+  if (policy === 'all') return true;
+  if (policy === 'non-5xx') return status < 500;
+  return status >= 200 && status < 300;
+}
+
+function first(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** R2: the end-to-end headers worth replaying. */
+export function recordableHeaders(headers: HeaderMap): HeaderMap {
+  const connection = first(headers['connection']);
+  const named = connection ? new Set(connection.toLowerCase().split(/\s*,\s*/)) : undefined;
+  const kept: HeaderMap = {};
+  for (const name in headers) {
+    const lower = name.toLowerCase();
+    if (UNRECORDED_HEADERS.has(lower) || lower.startsWith('proxy-') || named?.has(lower)) continue;
+    const value = headers[name];
+    if (value === undefined) continue;
+    kept[lower] = Array.isArray(value) ? value.map(String) : String(value);
+  }
+  return kept;
+}
+
+/** R2: the recorded response, marked as a replay. */
+function replayResponse(stored: StoredResponse): OutgoingResponse {
+  const headers: HeaderMap = { ...stored.headers, [REPLAYED_HEADER]: 'true' };
+  if (stored.bodyOmitted) headers[BODY_OMITTED_HEADER] = 'true';
+  return { status: stored.status, headers, body: stored.body };
+}
+
+/** P1: an RFC 9457 problem response for one of oncely's own outcomes. */
+export function problemResponse(error: IdempotencyError): OutgoingResponse {
+  const headers: HeaderMap = {
+    'content-type': 'application/problem+json',
+    'cache-control': 'no-store',
+  };
+  if (error.retryAfterSeconds !== undefined) headers['retry-after'] = String(error.retryAfterSeconds);
+  return { status: error.status, headers, body: encoder.encode(JSON.stringify(error.toProblem())) };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

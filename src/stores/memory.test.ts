@@ -1,0 +1,4 @@
+import { describeStoreContract } from '../testing.js';
+import { MemoryStore } from './memory.js';
+
+describeStoreContract('MemoryStore', () => new MemoryStore());
