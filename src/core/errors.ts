@@ -11,7 +11,10 @@ export type ProblemCode =
   | 'request_too_large'
   | 'idempotency_key_reused'
   | 'idempotency_store_unavailable'
-  | 'response_incomplete';
+  | 'response_incomplete'
+  | 'upstream_unreachable'
+  | 'upstream_failed'
+  | 'upstream_timeout';
 
 /** An RFC 9457 problem details object as oncely sends it. */
 export interface Problem {
@@ -150,6 +153,45 @@ export class ResponseIncompleteError extends IdempotencyError {
       'response_incomplete',
       'Response incomplete',
       'The request was processed but its response could not be completed. Retrying with the same key returns this answer.',
+      { cause },
+    );
+  }
+}
+
+/** G2: the gateway could not reach its upstream; nothing was sent, so the key is released unrecorded. */
+export class UpstreamUnreachableError extends IdempotencyError {
+  constructor(cause?: unknown) {
+    super(
+      502,
+      'upstream_unreachable',
+      'Upstream unreachable',
+      'The gateway could not connect to the upstream, so the request was not sent. Retry with the same key.',
+      { cause, retryAfterSeconds: 1 },
+    );
+  }
+}
+
+/** G2: the upstream failed after the request was sent; it may have acted, so this outcome is recorded. */
+export class UpstreamFailedError extends IdempotencyError {
+  constructor(cause?: unknown) {
+    super(
+      502,
+      'upstream_failed',
+      'Upstream failed',
+      'The upstream received the request but its response broke off. It may have acted; retrying with the same key returns this answer, so check the resource before using a new key.',
+      { cause },
+    );
+  }
+}
+
+/** G2: the upstream did not answer within the gateway's timeout after the request was sent; recorded. */
+export class UpstreamTimeoutError extends IdempotencyError {
+  constructor(ms: number, cause?: unknown) {
+    super(
+      504,
+      'upstream_timeout',
+      'Upstream timed out',
+      `The upstream received the request but did not answer within ${ms} ms. It may have acted; retrying with the same key returns this answer, so check the resource before using a new key.`,
       { cause },
     );
   }
