@@ -1,0 +1,220 @@
+/**
+ * @module oncely/fastify: a Fastify 5 plugin that makes keyed POST and PATCH routes run once.
+ */
+import { Readable } from 'node:stream';
+import type {
+  FastifyPluginAsync,
+  FastifyReply,
+  FastifyRequest,
+  onResponseHookHandler,
+  onSendHookHandler,
+  preParsingHookHandler,
+  RouteOptions,
+} from 'fastify';
+import fp from 'fastify-plugin';
+import { readLimited } from '../core/body.js';
+import { Engine, type Execution, type IncomingRequest, PASS } from '../core/engine.js';
+import type { IdempotencyOptions } from '../core/options.js';
+import type { Store } from '../core/store.js';
+import { MemoryStore } from '../stores/memory.js';
+import { headerMap } from './_node-http.js';
+
+/** Options of the plugin; `scope` and `fingerprint` receive the `FastifyRequest` as `raw`. */
+export type FastifyIdempotencyOptions = IdempotencyOptions<FastifyRequest>;
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** oncely on this route: `false` to leave it alone, or options overriding the plugin's. */
+    idempotency?: false | Omit<FastifyIdempotencyOptions, 'store'> | FastifyIdempotencyOptions;
+  }
+}
+
+/** What oncely did with one request: it answered (replay/problem), or it is recording an execution. */
+type RequestState = { kind: 'answered'; contentType: boolean } | { kind: 'executing'; execution: Execution };
+const states = new WeakMap<FastifyRequest, RequestState>();
+
+/** Route-level hooks must stay arrays; Fastify accepts a function, an array or nothing. */
+function appendHook<T>(existing: T | T[] | undefined, hook: T): T[] {
+  if (existing === undefined) return [hook];
+  return Array.isArray(existing) ? [...existing, hook] : [existing, hook];
+}
+
+/** The hooks of one route, bound to that route's engine (created once, at `onRoute`). */
+function routeHooks(engine: Engine<FastifyRequest>) {
+  // Callback style, not async: Fastify only stops the chain on `reply.send()` from a hook reliably
+  // when `done` is never called; an async hook would resolve and let parsing go on.
+  const preParsing: preParsingHookHandler = function oncelyPreParsing(request, reply, payload, done) {
+    let read: Uint8Array | undefined;
+    const incoming: IncomingRequest<FastifyRequest> = {
+      method: request.method,
+      url: request.url,
+      header: (name) => joined(request.headers[name]),
+      // F1: the fingerprint takes the raw bytes, read under the R7 limit before Fastify parses them.
+      readBody: async (limit) => {
+        read = await readLimited(payload, limit, request.headers['content-length']);
+        return read;
+      },
+      raw: request,
+    };
+    const decision = engine.begin(incoming);
+    if (decision === PASS) return done(null, payload);
+    Promise.resolve(decision).then(
+      (decided) => {
+        // S2 fail-open: the handler runs unprotected, with the body oncely already read.
+        if (decided.action === 'pass') return done(null, read === undefined ? payload : replayable(read));
+        if (decided.action === 'respond') {
+          const { status, headers, body } = decided.response;
+          states.set(request, { kind: 'answered', contentType: headers['content-type'] !== undefined });
+          reply.code(status).headers(headers);
+          reply.send(
+            body.byteLength === 0 ? undefined : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+          );
+          return;
+        }
+        states.set(request, { kind: 'executing', execution: decided.execution });
+        const body = decided.execution.request.body;
+        // The body was read for the fingerprint; hand Fastify the same bytes to parse.
+        done(null, replayable(body));
+      },
+      (error: Error) => done(error),
+    );
+  };
+
+  const onSend: onSendHookHandler<unknown> = async function oncelyOnSend(request, reply, payload) {
+    const state = states.get(request);
+    if (state === undefined) return payload;
+    states.delete(request);
+    if (state.kind === 'answered') {
+      // R2: Fastify adds a default Content-Type to a Buffer; a replay keeps the recorded headers only.
+      if (!state.contentType) reply.removeHeader('content-type');
+      return payload;
+    }
+    return record(state.execution, reply, payload);
+  };
+
+  // A reply that never passed onSend (hijacked and written raw) still settles the key, so a retry
+  // never re-runs the handler (R3, L5).
+  const onResponse: onResponseHookHandler = async function oncelyOnResponse(request) {
+    const state = states.get(request);
+    states.delete(request);
+    if (state?.kind === 'executing') await state.execution.fail(new Error('reply bypassed onSend'));
+  };
+
+  return { preParsing, onSend, onResponse };
+}
+
+/** The body oncely read, as a fresh stream for Fastify's content-type parsers. */
+function replayable(body: Uint8Array): Readable {
+  return Readable.from(body.byteLength === 0 ? [] : [Buffer.from(body)], { objectMode: false });
+}
+
+function joined(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(', ') : value;
+}
+
+/**
+ * R1, R6: turn onSend's payload (string, Buffer, node or web stream, Response, nothing) into bytes,
+ * record it, and only then let Fastify write it. Streams over `maxResponseBytes` and event streams
+ * are recorded without body and passed on (R7); a stream that fails before its end records and
+ * sends a 500 problem instead (R3).
+ */
+async function record(execution: Execution, reply: FastifyReply, payload: unknown): Promise<unknown> {
+  if (payload instanceof Response) {
+    reply.code(payload.status);
+    payload.headers.forEach((value, name) => void reply.header(name, value));
+    payload = payload.body;
+  }
+  const headers = () => headerMap(reply.getHeaders() as Record<string, string | string[] | number>);
+  if (payload === undefined || payload === null) {
+    await execution.complete({ status: reply.statusCode, headers: headers(), body: EMPTY });
+    return payload;
+  }
+  if (typeof payload === 'string' || payload instanceof Uint8Array) {
+    const body = typeof payload === 'string' ? Buffer.from(payload) : payload;
+    await execution.complete({ status: reply.statusCode, headers: headers(), body });
+    return payload;
+  }
+  const stream = payload as AsyncIterable<Uint8Array | string>;
+  if (execution.streams(headers())) {
+    await execution.completeWithoutBody(reply.statusCode, headers());
+    return payload;
+  }
+  const iterator = stream[Symbol.asyncIterator]();
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await iterator.next();
+      if (done) break;
+      const chunk = typeof value === 'string' ? Buffer.from(value) : Buffer.from(value);
+      chunks.push(chunk);
+      size += chunk.byteLength;
+      if (size > execution.maxResponseBytes) {
+        await execution.completeWithoutBody(reply.statusCode, headers());
+        return Readable.from(resume(chunks, iterator), { objectMode: false });
+      }
+    }
+  } catch (error) {
+    const problem = await execution.fail(error);
+    for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name);
+    reply.code(problem.status).headers(problem.headers);
+    return Buffer.from(problem.body);
+  }
+  const body = Buffer.concat(chunks, size);
+  await execution.complete({ status: reply.statusCode, headers: headers(), body });
+  return body;
+}
+
+async function* resume(buffered: Buffer[], rest: AsyncIterator<Uint8Array | string>): AsyncIterable<Buffer> {
+  yield* buffered;
+  for (;;) {
+    const { done, value } = await rest.next();
+    if (done) return;
+    yield Buffer.from(value);
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+const plugin: FastifyPluginAsync<FastifyIdempotencyOptions> = async function oncely(fastify, options) {
+  // One store for the plugin and every per-route override, unless a route names its own.
+  const ownStore = options.store === undefined ? new MemoryStore() : undefined;
+  const store: Store = options.store ?? ownStore!;
+  const base = { ...options, store };
+  const engine = new Engine<FastifyRequest>(base);
+  const hooks = routeHooks(engine);
+  if (ownStore) fastify.addHook('onClose', () => ownStore.close());
+
+  fastify.addHook('onRoute', function oncelyOnRoute(route: RouteOptions) {
+    const config = route.config?.idempotency;
+    if (config === false) return;
+    // Per-route overrides are validated and turned into an engine once, when the route is declared.
+    const routed =
+      config === undefined ? hooks : routeHooks(new Engine<FastifyRequest>({ ...base, ...config }));
+    // Route-level hooks run after the application's, so onSend sees the final payload (compression…).
+    const hooked = route as unknown as Record<'preParsing' | 'onSend' | 'onResponse', unknown>;
+    for (const name of ['preParsing', 'onSend', 'onResponse'] as const) {
+      hooked[name] = appendHook(hooked[name], routed[name]);
+    }
+  });
+};
+
+/**
+ * The oncely Fastify plugin. Register it before the routes it protects (it hooks them as they are
+ * declared); keyed POST and PATCH requests then run once and later ones get the recorded response.
+ * Errors thrown by handlers are recorded as the response Fastify's error handler sends (R3).
+ * Per route, `config: { idempotency: false }` opts out and `config: { idempotency: { ...options } }`
+ * overrides the plugin's options (same store unless `store` is given).
+ *
+ * @param options see {@link IdempotencyOptions}; `store` defaults to one `MemoryStore` for the plugin
+ * @example
+ * import Fastify from 'fastify';
+ * import { idempotency } from 'oncely/fastify';
+ * const app = Fastify();
+ * await app.register(idempotency, { ttlMs: 3_600_000 });
+ * app.post('/payments', async (request, reply) => reply.code(201).send({ id: 'pay_1' }));
+ */
+export const idempotency = fp(plugin, { fastify: '5.x', name: 'oncely' });
+export default idempotency;
+
+export type { IdempotencyOptions } from '../core/options.js';
