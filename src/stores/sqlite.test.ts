@@ -369,3 +369,21 @@ function spyOnPragmas(open: () => SqliteStore): string[] {
   }
   return seen;
 }
+
+describe('SqliteStore on a database configured by the user', () => {
+  it('R2: returns times and statuses as numbers even when the database defaults to BigInt', async () => {
+    const database = new Database(':memory:').defaultSafeIntegers(true);
+    const store = new SqliteStore({ database });
+    const first = input('key-12345678');
+    await store.acquire(first);
+    await store.complete('scope', first.key, first.token, response(), 60_000);
+    expect(await store.acquire(input(first.key))).toEqual({
+      state: 'completed',
+      fingerprint: 'fp-1',
+      response: response(),
+    });
+    expect(typeof (await store.get('scope', first.key))!.expiresAt).toBe('number');
+    await store.close();
+    database.close();
+  });
+});

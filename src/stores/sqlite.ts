@@ -175,10 +175,13 @@ export class SqliteStore implements Store {
 
     // T1/T2: every statement compares expires_at with the app clock, so an expired row is absent
     // whether or not the sweep has reached it.
-    this.#selectLive = this.#db.prepare(
-      `SELECT fingerprint, token, updated_at, expires_at, status, headers, body, body_omitted
-         FROM ${t} WHERE scope = ? AND key = ? AND expires_at > ?`,
-    );
+    // safeIntegers(false): a user's database may default to BigInt; times and statuses fit a number.
+    this.#selectLive = this.#db
+      .prepare<[string, string, number], Row>(
+        `SELECT fingerprint, token, updated_at, expires_at, status, headers, body, body_omitted
+           FROM ${t} WHERE scope = ? AND key = ? AND expires_at > ?`,
+      )
+      .safeIntegers(false);
     // L3/L5: insert, or take over a row whose lease or TTL ran out (new token, outcome cleared).
     // A live row is left alone and nothing is returned.
     this.#claim = this.#db.prepare(
