@@ -1,0 +1,4 @@
+import { fastifyFixture } from './fixtures/fastify.js';
+import { describeConformance } from './suite.js';
+
+describeConformance(fastifyFixture);
