@@ -14,7 +14,7 @@ import { REPLAYED_HEADER as CORE_REPLAYED_HEADER } from '../core/engine.js';
 import { KeyInUseError, KeyReusedError, MissingKeyError } from '../core/errors.js';
 import { IDEMPOTENCY_KEY_HEADER as CORE_KEY_HEADER } from '../core/key.js';
 import { MemoryStore } from '../stores/memory.js';
-import { backoffDelay, parseRetryAfter } from './_policy.js';
+import { backoffDelay, parseRetryAfter, randomKey } from './_policy.js';
 import {
   type ClientOptions,
   createFetch,
@@ -150,6 +150,19 @@ describe('oncely/client createFetch', () => {
     expect(new Set(keys).size).toBe(3);
   });
 
+  it('C1: builds a UUID v4 from getRandomValues where randomUUID is missing (plain-http pages)', () => {
+    const crypto = globalThis.crypto;
+    Object.defineProperty(crypto, 'randomUUID', { value: undefined, configurable: true });
+    try {
+      const keys = [randomKey(), randomKey()];
+      for (const key of keys) expect(key).toMatch(UUID_V4);
+      expect(keys[0]).not.toBe(keys[1]);
+    } finally {
+      delete (crypto as { randomUUID?: unknown }).randomUUID;
+    }
+    expect(randomKey()).toMatch(UUID_V4);
+  });
+
   it("C1: keeps the caller's own Idempotency-Key on every retry", async () => {
     serve(reply(503));
     const { fetch } = client();
@@ -211,6 +224,20 @@ describe('oncely/client createFetch', () => {
     expect(retries).toHaveLength(1);
     expect(retries[0]!.response!.status).toBe(status);
     expect(retries[0]!.attempt).toBe(1);
+  });
+
+  it('C2: cancels the body of a response it retries past, freeing the connection', async () => {
+    const closed = deferred();
+    // A 503 whose body never ends: only the client cancelling it closes the exchange.
+    serve((_req, res) => {
+      res.on('close', closed.resolve);
+      res.writeHead(503, { 'content-type': 'text/plain' });
+      res.write('partial');
+    });
+    const { fetch } = client();
+    const res = await fetch(`${origin}/d`, { method: 'POST', body: 'x' });
+    expect(res.status).toBe(200);
+    await closed.promise;
   });
 
   it('C2: retries a network error with the same key', async () => {
