@@ -133,6 +133,28 @@ describe.skipIf(!available)('PostgresStore', () => {
       }
     });
 
+    it('L2, R2: a duplicate acquire (409 or replay) only reads: it neither locks nor rewrites the row', async () => {
+      const store = new PostgresStore({ pool, schema, sweepIntervalMs: 0 });
+      const first = input(randomUUID());
+      // xmax is set by any row lock or update; ctid changes with every new row version.
+      const version = async () =>
+        (
+          await pool.query(
+            `SELECT ctid::text, xmax::text FROM ${schema}.oncely_records_v1 WHERE scope = $1 AND key = $2`,
+            [scope, first.key],
+          )
+        ).rows[0];
+      await store.acquire(first);
+      const inFlight = await version();
+      expect(inFlight.xmax).toBe('0');
+      expect((await store.acquire(input(first.key))).state).toBe('in-flight');
+      expect(await version()).toEqual(inFlight);
+      await store.complete(scope, first.key, first.token, response, 60_000);
+      const completed = await version();
+      expect((await store.acquire(input(first.key))).state).toBe('completed');
+      expect(await version()).toEqual(completed);
+    });
+
     it('L5: an acquire that waited on a concurrent insert reports the row that insert committed', async () => {
       const key = randomUUID();
       const client = await pool.connect();

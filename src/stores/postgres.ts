@@ -310,13 +310,20 @@ function statements(table: string): Statements {
   const epochMs = (column: string) => `(extract(epoch from ${column}) * 1000)::double precision`;
   const response = 'r.status, r.headers::text AS headers, r.body, r.body_omitted AS omitted';
   return {
-    // L1, L3, L5: one statement. The insert wins on a new key; ON CONFLICT takes over the row only
-    // when it has expired (T1: expired rows are absent), with the new token and fingerprint. When it
-    // is live, the second branch reads it. Both branches share one snapshot, so a row committed by a
-    // concurrent acquire after that snapshot conflicts yet is invisible: no row, and the caller re-runs.
-    acquire: `WITH taken AS (
+    // L1, L3, L5: one statement. `live` reads a live record; when there is one, the insert is skipped,
+    // so a duplicate (a 409 or a replay) only reads: no row lock, no transaction id, no WAL flush.
+    // Otherwise the insert wins on a new key, and ON CONFLICT takes over a row only when it has
+    // expired (T1: expired rows are absent), with the new token and fingerprint. Every part of the
+    // statement shares one snapshot: a row that a concurrent acquire committed after the snapshot
+    // conflicts yet is invisible to `live`. Then no row comes back and the caller re-runs.
+    acquire: `WITH live AS (
+  SELECT r.state, r.fingerprint, ${response}
+  FROM ${table} r
+  WHERE r.scope = $1::text AND r.key = $2::text AND r.expires_at > ${now}
+), taken AS (
   INSERT INTO ${table} AS r (scope, key, fingerprint, token, state, body_omitted, created_at, updated_at, expires_at)
-  VALUES ($1::text, $2::text, $3::text, $4::text, 'in-flight', false, ${now}, ${now}, ${now} + ${ms('$5')})
+  SELECT $1::text, $2::text, $3::text, $4::text, 'in-flight', false, ${now}, ${now}, ${now} + ${ms('$5')}
+  WHERE NOT EXISTS (SELECT 1 FROM live)
   ON CONFLICT (scope, key) DO UPDATE SET
     fingerprint = excluded.fingerprint, token = excluded.token, state = 'in-flight', status = NULL,
     headers = NULL, body = NULL, body_omitted = false, created_at = excluded.created_at,
@@ -327,9 +334,7 @@ function statements(table: string): Statements {
 SELECT 'acquired' AS state, NULL AS fingerprint, NULL::integer AS status, NULL AS headers, NULL::bytea AS body, false AS omitted
 FROM taken
 UNION ALL
-SELECT r.state, r.fingerprint, ${response}
-FROM ${table} r
-WHERE r.scope = $1::text AND r.key = $2::text AND r.expires_at > ${now} AND NOT EXISTS (SELECT 1 FROM taken)`,
+SELECT * FROM live`,
     // L4, R6: only the live owner completes; T1: the TTL runs from completion.
     complete: `UPDATE ${table} SET token = NULL, state = 'completed', status = $4::integer, headers = $5::text::jsonb,
   body = $6::bytea, body_omitted = $7::boolean, updated_at = ${now}, expires_at = ${now} + ${ms('$8')}
