@@ -1,0 +1,347 @@
+/**
+ * @module The gateway's proxy: an adapter whose "handler" is an upstream HTTP call (undici).
+ * Keyed requests go through the engine (G1, G2); everything else is streamed untouched (G3).
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { finished, pipeline } from 'node:stream/promises';
+import { TLSSocket } from 'node:tls';
+import { Pool } from 'undici';
+import { NodeRequest, writeResponse } from '../adapters/_node-http.js';
+import { type Engine, type Execution, PASS, problemResponse } from '../core/engine.js';
+import {
+  type IdempotencyError,
+  UpstreamFailedError,
+  UpstreamTimeoutError,
+  UpstreamUnreachableError,
+} from '../core/errors.js';
+import type { EngineEvent } from '../core/events.js';
+import type { HeaderMap } from '../core/store.js';
+
+// Hop-by-hop fields (RFC 9110 §7.6.1) are for one connection only: never forwarded either way.
+// `expect` and `host` are answered/set by the gateway's own connections.
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+]);
+
+// G2: errors raised while connecting, before one byte of the request left the gateway.
+const NOT_SENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EADDRNOTAVAIL',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+
+/** What the proxy learned about one request, read by the event listener for logs and metrics. */
+export interface RequestNotes {
+  upstreamMs?: number;
+  /** For a G2 release, which carries no status in its engine event. */
+  status?: number;
+  code?: string;
+}
+
+const notes = new AsyncLocalStorage<RequestNotes>();
+
+/** The notes of the request whose engine event is being reported, if any. */
+export function currentNotes(): RequestNotes | undefined {
+  return notes.getStore();
+}
+
+/** Options of {@link createProxy}. */
+export interface ProxyOptions {
+  engine: Engine<IncomingMessage>;
+  /** The upstream origin, `http://host:port`. */
+  upstream: string;
+  /** G2: the longest wait for response headers once the request is sent, and between body chunks. */
+  upstreamTimeoutMs: number;
+  /** Called with each upstream call's latency, whether or not it succeeded. */
+  onUpstream?: (ms: number, outcome: 'ok' | 'unreachable' | 'failed' | 'timeout') => void;
+  /** Called for every request the engine let through untouched. */
+  onPass?: () => void;
+}
+
+/** A request listener for node:http plus the upstream connection pool it owns. */
+export interface Proxy {
+  handle(req: IncomingMessage, res: ServerResponse): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Create the proxy listener. Keyed requests are buffered, decided by the engine, sent upstream, and
+ * their response recorded before it is released (R6); other traffic is streamed both ways (G3).
+ *
+ * @param options see {@link ProxyOptions}
+ * @example
+ * const proxy = createProxy({ engine, upstream: 'http://127.0.0.1:8080', upstreamTimeoutMs: 30_000 });
+ * createServer((req, res) => proxy.handle(req, res)).listen(8787);
+ */
+export function createProxy(options: ProxyOptions): Proxy {
+  const { engine, upstreamTimeoutMs } = options;
+  const pool = new Pool(options.upstream, {
+    connectTimeout: Math.min(upstreamTimeoutMs, 10_000),
+    headersTimeout: upstreamTimeoutMs,
+    bodyTimeout: upstreamTimeoutMs,
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const requestNotes: RequestNotes = {};
+    await notes.run(requestNotes, async () => {
+      try {
+        const decision = await engine.begin(new NodeRequest(req, req));
+        if (decision === PASS || decision.action === 'pass') {
+          options.onPass?.();
+          await passThrough(req, res);
+        } else if (decision.action === 'respond') {
+          writeResponse(res, decision.response);
+        } else {
+          const { execution } = decision;
+          try {
+            await execute(req, res, execution, requestNotes);
+          } catch (error) {
+            // A fault after the lock was won must still settle it (R3), or the lease would live on.
+            const problem = await execution.fail(error);
+            if (!res.headersSent) writeResponse(res, problem);
+            else res.destroy();
+          }
+        }
+      } catch {
+        // Only a fault in the gateway itself lands here; the client must still get an answer.
+        if (!res.headersSent) writeResponse(res, problemResponse(new UpstreamFailedError()));
+        else res.destroy();
+      }
+      await finished(res).catch(() => {});
+    });
+  }
+
+  /** G3: unkeyed traffic and other methods, streamed both ways without buffering. */
+  async function passThrough(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now();
+    const length = req.headers['content-length'];
+    const hasBody =
+      length !== undefined ? Number(length) > 0 : req.headers['transfer-encoding'] !== undefined;
+    let upstream: Awaited<ReturnType<Pool['request']>>;
+    try {
+      upstream = await pool.request({
+        method: req.method as 'GET',
+        path: req.url ?? '/',
+        headers: forwardHeaders(req),
+        body: hasBody ? req : null,
+      });
+    } catch (error) {
+      const problem = classify(error, upstreamTimeoutMs);
+      options.onUpstream?.(performance.now() - started, outcomeOf(problem));
+      if (!res.headersSent) writeResponse(res, problemResponse(problem));
+      return;
+    }
+    options.onUpstream?.(performance.now() - started, 'ok');
+    res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+    try {
+      await pipeline(upstream.body, res);
+    } catch {
+      // The stream broke after the head went out: all we can do is cut the response off.
+      res.destroy();
+    }
+  }
+
+  /** The request won the lock: call the upstream, record what it answered, then release it (R6). */
+  async function execute(
+    req: IncomingMessage,
+    res: ServerResponse,
+    execution: Execution,
+    requestNotes: RequestNotes,
+  ): Promise<void> {
+    const body = execution.request.body;
+    const headers = forwardHeaders(req);
+    delete headers['transfer-encoding'];
+    headers['content-length'] = String(body.byteLength);
+    const started = performance.now();
+    let upstream: Awaited<ReturnType<Pool['request']>>;
+    try {
+      upstream = await pool.request({ method: req.method as 'POST', path: req.url ?? '/', headers, body });
+    } catch (error) {
+      const problem = classify(error, upstreamTimeoutMs);
+      requestNotes.upstreamMs = performance.now() - started;
+      options.onUpstream?.(requestNotes.upstreamMs, outcomeOf(problem));
+      if (problem instanceof UpstreamUnreachableError) {
+        // G2: nothing was sent, the upstream cannot have acted: free the key so a retry can succeed.
+        requestNotes.status = problem.status;
+        requestNotes.code = problem.code;
+        await execution.release();
+        writeResponse(res, problemResponse(problem));
+      } else {
+        // G2: the upstream got the request and may have acted: this outcome is recorded.
+        writeResponse(res, await execution.complete(problemResponse(problem)));
+      }
+      return;
+    }
+
+    const status = upstream.statusCode;
+    const head = responseHeaders(upstream.headers);
+    const recorded = headerMap(head);
+    // An explicit iterator, so stopping at the limit does not destroy the rest of the body (R7).
+    const iterator = (upstream.body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let ended = execution.streams(recorded);
+    try {
+      while (!ended && size <= execution.maxResponseBytes) {
+        const next = await iterator.next();
+        if (next.done) break;
+        chunks.push(next.value);
+        size += next.value.byteLength;
+      }
+    } catch (error) {
+      // The response broke off midway: the upstream acted, so record the 502/504 (G2, R3).
+      const problem = classify(error, upstreamTimeoutMs, true);
+      requestNotes.upstreamMs = performance.now() - started;
+      options.onUpstream?.(requestNotes.upstreamMs, outcomeOf(problem));
+      writeResponse(res, await execution.complete(problemResponse(problem)));
+      return;
+    }
+    ended = size > execution.maxResponseBytes || ended;
+
+    if (!ended) {
+      requestNotes.upstreamMs = performance.now() - started;
+      options.onUpstream?.(requestNotes.upstreamMs, 'ok');
+      const response = await execution.complete({ status, headers: recorded, body: concat(chunks, size) });
+      res.writeHead(response.status, { ...head, 'content-length': response.body.byteLength });
+      res.end(response.body);
+      return;
+    }
+
+    // R7: too large to keep, or an event stream: record the head, then deliver the body in full.
+    await execution.completeWithoutBody(status, recorded);
+    res.writeHead(status, head);
+    try {
+      await pipeline(async function* rest() {
+        yield* chunks;
+        for (;;) {
+          const next = await iterator.next();
+          if (next.done) return;
+          yield next.value;
+        }
+      }, res);
+    } catch {
+      res.destroy();
+    } finally {
+      requestNotes.upstreamMs = performance.now() - started;
+      options.onUpstream?.(requestNotes.upstreamMs, 'ok');
+    }
+  }
+
+  return {
+    handle,
+    close: () => pool.close(),
+  };
+}
+
+/** G2: which problem an upstream error means, and whether the request may have reached it. */
+function classify(error: unknown, timeoutMs: number, sent = false): IdempotencyError {
+  const code = errorCode(error);
+  if (!sent && code !== undefined && NOT_SENT_CODES.has(code)) return new UpstreamUnreachableError(error);
+  if (code !== undefined && TIMEOUT_CODES.has(code)) return new UpstreamTimeoutError(timeoutMs, error);
+  return new UpstreamFailedError(error);
+}
+
+function outcomeOf(problem: IdempotencyError): 'unreachable' | 'failed' | 'timeout' {
+  return problem instanceof UpstreamUnreachableError
+    ? 'unreachable'
+    : problem instanceof UpstreamTimeoutError
+      ? 'timeout'
+      : 'failed';
+}
+
+function errorCode(error: unknown): string | undefined {
+  const value = error as { code?: unknown; errors?: Array<{ code?: unknown }>; cause?: { code?: unknown } };
+  const code = value?.code ?? value?.errors?.[0]?.code ?? value?.cause?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** Fields named in `Connection` are hop-by-hop too. */
+function connectionTokens(value: string | string[] | undefined): Set<string> {
+  const text = Array.isArray(value) ? value.join(',') : (value ?? '');
+  return new Set(
+    text
+      .toLowerCase()
+      .split(',')
+      .map((token) => token.trim())
+      .filter(Boolean),
+  );
+}
+
+/** The request headers the upstream sees: end-to-end fields plus X-Forwarded-For/-Proto/-Host. */
+export function forwardHeaders(req: IncomingMessage): Record<string, string | string[]> {
+  const named = connectionTokens(req.headers.connection);
+  const headers: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || named.has(name)) continue;
+    if (name === 'host' || name === 'expect') continue;
+    headers[name] = value;
+  }
+  // A load balancer in front may already have set these; append to the chain, keep its proto/host.
+  const remote = req.socket.remoteAddress ?? '';
+  const prior = req.headers['x-forwarded-for'];
+  headers['x-forwarded-for'] = prior
+    ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}`
+    : remote;
+  headers['x-forwarded-proto'] ??= req.socket instanceof TLSSocket ? 'https' : 'http';
+  if (req.headers.host !== undefined) headers['x-forwarded-host'] ??= req.headers.host;
+  return headers;
+}
+
+/** The upstream's response headers minus hop-by-hop fields, for the client. */
+function responseHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const named = connectionTokens(headers.connection);
+  const kept: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || named.has(name)) continue;
+    kept[name] = value;
+  }
+  return kept;
+}
+
+function headerMap(headers: OutgoingHttpHeaders): HeaderMap {
+  const map: HeaderMap = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    map[name] = Array.isArray(value) ? value.map(String) : String(value);
+  }
+  return map;
+}
+
+function concat(chunks: Buffer[], size: number): Uint8Array {
+  if (chunks.length === 1) return chunks[0]!;
+  return Buffer.concat(chunks, size);
+}
+
+/** The currently reported engine event, with the proxy's notes merged in, for one log line. */
+export function describeEvent(event: EngineEvent): Record<string, unknown> {
+  const extra = currentNotes();
+  return {
+    outcome: event.type,
+    method: event.method,
+    path: event.url,
+    key: event.key,
+    status: event.status ?? extra?.status,
+    code: event.code ?? extra?.code,
+    durationMs: round(event.durationMs),
+    storeMs: round(event.storeMs),
+    upstreamMs: extra?.upstreamMs === undefined ? undefined : round(extra.upstreamMs),
+  };
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}
