@@ -470,6 +470,22 @@ describe('oncely/client createFetch', () => {
     expect(seen).toHaveLength(0);
   });
 
+  it('C1: with retries: 0 a stream body is allowed: sent once, keyed', async () => {
+    serve(reply(503));
+    const { fetch } = client({ retries: 0 });
+    const body = new ReadableStream({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode('streamed'));
+        controller.close();
+      },
+    });
+    const res = await fetch(`${origin}/s`, { method: 'POST', body, duplex: 'half' } as RequestInit);
+    expect(res.status).toBe(503);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]!.body.toString()).toBe('streamed');
+    expect(keysSeen()[0]).toMatch(UUID_V4);
+  });
+
   it.each<[string, ClientOptions]>([
     ['retries', { retries: -1 }],
     ['retries', { retries: 1.5 }],

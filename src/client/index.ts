@@ -150,7 +150,7 @@ export function createFetch(options: ClientOptions = {}): FetchLike {
     const callerSignal = init?.signal !== undefined ? init.signal : (inputRequest?.signal ?? null);
     callerSignal?.throwIfAborted();
 
-    // One Request for the whole operation: each attempt sends a clone, so the body is re-sent byte for byte.
+    // One Request for the whole operation: attempts send clones of it, so the body is re-sent byte for byte.
     const base = new Request(input, init);
     let key: string | undefined;
     if (keyed) {
@@ -161,7 +161,9 @@ export function createFetch(options: ClientOptions = {}): FetchLike {
 
     const started = Date.now();
     for (let attempt = 1; ; attempt++) {
-      const outcome = await send(config, base, callerSignal);
+      // The last possible attempt sends the original: nothing is kept for a retry that cannot come.
+      const request = attempt > config.retries ? base : base.clone();
+      const outcome = await send(config, request, callerSignal);
       let delayMs: number;
       if ('error' in outcome) {
         if (!outcome.retryable) throw outcome.error;
@@ -198,8 +200,7 @@ export function createFetch(options: ClientOptions = {}): FetchLike {
 type Outcome = { response: Response } | { error: unknown; retryable: boolean };
 
 /** One attempt, aborted by the caller's signal or by `attemptTimeoutMs` before headers arrive. */
-async function send(config: Resolved, base: Request, callerSignal: AbortSignal | null): Promise<Outcome> {
-  const request = base.clone();
+async function send(config: Resolved, request: Request, callerSignal: AbortSignal | null): Promise<Outcome> {
   const timeout = new AbortController();
   const signal = callerSignal ? anySignal(callerSignal, timeout.signal) : timeout.signal;
   let timedOut = false;
