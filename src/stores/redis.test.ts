@@ -123,6 +123,22 @@ describe.skipIf(!available)('RedisStore', () => {
     }
   });
 
+  it('F2: a fingerprint with colons and non-ASCII text round-trips in flight and once completed', async () => {
+    const store = new RedisStore({ client: nr, prefix: prefix() });
+    const fingerprint = '12:ab:ä€:\n{}';
+    await store.acquire({ scope: 's', key: 'k', fingerprint, token: 't', leaseMs: 60_000 });
+    expect(
+      await store.acquire({ scope: 's', key: 'k', fingerprint: 'x', token: 'u', leaseMs: 60_000 }),
+    ).toEqual({
+      state: 'in-flight',
+      fingerprint,
+    });
+    await store.complete('s', 'k', 't', response(new TextEncoder().encode('7:body:')), 60_000);
+    const view = await store.get('s', 'k');
+    expect(view).toMatchObject({ state: 'completed', fingerprint });
+    expect(new TextDecoder().decode(view!.response!.body)).toBe('7:body:');
+  });
+
   it('S1: the Redis key is the prefix plus a hash tag of a digest of scope and key, whatever braces they hold', async () => {
     const p = prefix();
     const store = new RedisStore({ client: io, prefix: p });
@@ -235,6 +251,13 @@ describe.skipIf(!available)('RedisStore', () => {
     await expect(
       store.acquire({ scope: 's', key: 'k', fingerprint: 'fp', token: 't', leaseMs: 60_000 }),
     ).rejects.toThrow();
+    // A foreign value where a record would be is an error, never overwritten.
+    const guarded = new RedisStore({ client: io, prefix: prefix() });
+    await io.rpush(guarded.redisKey('s', 'k'), 'not-a-record');
+    await expect(
+      guarded.acquire({ scope: 's', key: 'k', fingerprint: 'fp', token: 't', leaseMs: 60_000 }),
+    ).rejects.toThrow('not a record');
+    expect(await io.lrange(guarded.redisKey('s', 'k'), 0, -1)).toEqual(['not-a-record']);
     const failing: IoredisClientLike = { callBuffer: () => Promise.reject(new Error('READONLY replica')) };
     await expect(new RedisStore({ client: failing }).renew('s', 'k', 't', 1_000)).rejects.toThrow('READONLY');
   });

@@ -98,49 +98,62 @@ class Script {
   }
 }
 
-// The record is one hash. Fields: f = fingerprint; t = fencing token (present only while in flight);
-// u = ms since epoch of creation or completion (Redis clock); s, h, b, o = status, headers (JSON),
-// body bytes and body-omitted flag (present only once completed). Expiry is the key's own PEXPIRE:
-// the lease while in flight (L3), ttlMs once completed (T1), so Redis forgets records by itself (T2).
+// A record is one key whose Redis expiry is its life: the lease while in flight (L3), ttlMs once
+// completed (T1), so Redis forgets records by itself (T2). Its value changes type with its state:
+// - in flight: a hash { f: fingerprint, t: fencing token, u: created at }, small enough for Redis's
+//   compact listpack encoding;
+// - completed: one string `<n>:<fingerprint (n bytes)><completed at>:<m>:<meta JSON (m bytes)><body>`,
+//   meta being `[status, headers, bodyOmitted 0|1]`. A hash holding the headers JSON and the body would
+//   exceed hash-max-listpack-value (64 bytes) and fall back to a hashtable nearly twice the size.
+// Times are ms since epoch on the Redis clock, the one clock every app instance shares.
 const NOW_MS = `local clock = redis.call('TIME')
 local now = clock[1] .. string.format('%03d', math.floor(tonumber(clock[2]) / 1000))
+`;
+
+// The owning token of an in-flight record, or false (absent, expired or completed).
+const OWNER = `local function owner()
+  if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return false end
+  return redis.call('HGET', KEYS[1], 't')
+end
 `;
 
 // KEYS[1] record; ARGV fingerprint, token, leaseMs.
 // L5: the check and the claim are one atomic script, so exactly one concurrent caller creates the record.
 // L3: an expired lease is already gone (Redis dropped the key), so the caller takes over as a new first request.
-const ACQUIRE = new Script(`local r = redis.call('HMGET', KEYS[1], 'f', 't', 's', 'h', 'b', 'o')
-if r[1] then
-  if r[2] then return {'in-flight', r[1]} end
-  return {'completed', r[1], r[3], r[4], r[5], r[6]}
-end
+const ACQUIRE = new Script(`local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'hash' then return {'in-flight', redis.call('HGET', KEYS[1], 'f')} end
+if kind == 'string' then return {'completed', redis.call('GET', KEYS[1])} end
+if kind ~= 'none' then return redis.error_reply('oncely: ' .. KEYS[1] .. ' is a ' .. kind .. ', not a record') end
 ${NOW_MS}redis.call('HSET', KEYS[1], 'f', ARGV[1], 't', ARGV[2], 'u', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'acquired'}`);
 
-// KEYS[1] record; ARGV token, ttlMs, status, headers, body, bodyOmitted.
+// KEYS[1] record; ARGV token, ttlMs, meta JSON, body.
 // L4: only the token that owns the in-flight record may complete it; a completed record has no token.
-const COMPLETE = new Script(`if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
-${NOW_MS}redis.call('HDEL', KEYS[1], 't')
-redis.call('HSET', KEYS[1], 's', ARGV[3], 'h', ARGV[4], 'b', ARGV[5], 'o', ARGV[6], 'u', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+const COMPLETE = new Script(`${OWNER}if owner() ~= ARGV[1] then return 0 end
+local f = redis.call('HGET', KEYS[1], 'f')
+${NOW_MS}redis.call('SET', KEYS[1], #f .. ':' .. f .. now .. ':' .. #ARGV[3] .. ':' .. ARGV[3] .. ARGV[4], 'PX', ARGV[2])
 return 1`);
 
 // KEYS[1] record; ARGV token, leaseMs. L3 heartbeat, fenced by the token (L4).
-const RENEW = new Script(`if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
+const RENEW = new Script(`${OWNER}if owner() ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`);
 
 // KEYS[1] record; ARGV token. Drops an in-flight record without an outcome, fenced by the token (L4).
-const RELEASE = new Script(`if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
+const RELEASE = new Script(`${OWNER}if owner() ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1`);
 
-// KEYS[1] record. The record with its remaining life, read in one atomic step.
-const GET = new Script(`local r = redis.call('HMGET', KEYS[1], 'f', 't', 'u', 's', 'h', 'b', 'o')
-if not r[1] then return false end
+// KEYS[1] record. The record with its remaining life and the Redis clock, read in one atomic step.
+const GET = new Script(`local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'string' then return false end
 local ttl = redis.call('PTTL', KEYS[1])
-${NOW_MS}return {r[2] and 'in-flight' or 'completed', r[1], r[3], now, ttl, r[4], r[5], r[6], r[7]}`);
+${NOW_MS}if kind == 'hash' then
+  local r = redis.call('HMGET', KEYS[1], 'f', 'u')
+  return {'in-flight', now, ttl, r[1], r[2]}
+end
+return {'completed', now, ttl, redis.call('GET', KEYS[1])}`);
 
 /**
  * A store in Redis, shared by every process and machine that uses the same Redis (L5). Each operation
@@ -192,16 +205,12 @@ export class RedisStore implements Store {
       input.fingerprint,
       input.token,
       milliseconds(input.leaseMs, 'leaseMs'),
-    ])) as Buffer[];
+    ])) as unknown[];
     const state = text(reply[0]);
     if (state === 'acquired') return { state: 'acquired' };
-    const fingerprint = text(reply[1]);
-    if (state === 'in-flight') return { state: 'in-flight', fingerprint };
-    return {
-      state: 'completed',
-      fingerprint,
-      response: decodeResponse(reply[2], reply[3], reply[4], reply[5]),
-    };
+    if (state === 'in-flight') return { state: 'in-flight', fingerprint: text(reply[1]) };
+    const { fingerprint, response } = decodeCompleted(reply[1]);
+    return { state: 'completed', fingerprint, response };
   }
 
   async complete(
@@ -215,10 +224,9 @@ export class RedisStore implements Store {
     const reply = await this.#run(COMPLETE, this.redisKey(scope, key), [
       token,
       milliseconds(ttlMs, 'ttlMs'),
-      String(response.status),
-      JSON.stringify(response.headers),
+      JSON.stringify([response.status, response.headers, response.bodyOmitted ? 1 : 0]),
+      // Only the bytes the view covers, without copying them (R5).
       Buffer.from(body.buffer, body.byteOffset, body.byteLength),
-      response.bodyOmitted ? '1' : '0',
     ]);
     return reply === 1;
   }
@@ -236,20 +244,16 @@ export class RedisStore implements Store {
   }
 
   async get(scope: string, key: string): Promise<RecordView | undefined> {
-    const reply = (await this.#run(GET, this.redisKey(scope, key), [])) as (Buffer | number | null)[] | null;
+    const reply = (await this.#run(GET, this.redisKey(scope, key), [])) as unknown[] | null;
     if (reply === null) return undefined;
-    const [state, fingerprint, updatedAt, now, ttl, status, headers, body, omitted] = reply;
-    const view: RecordView = {
-      scope,
-      key,
-      state: text(state) === 'in-flight' ? 'in-flight' : 'completed',
-      fingerprint: text(fingerprint),
-      updatedAt: Number(text(updatedAt)),
-      // Both clocks are Redis's, so expiresAt agrees with updatedAt whatever this machine's clock says.
-      expiresAt: Number(text(now)) + Number(ttl),
-    };
-    if (view.state === 'completed') view.response = decodeResponse(status, headers, body, omitted);
-    return view;
+    // Both times are Redis's clock, so expiresAt agrees with updatedAt whatever this machine's clock says.
+    const expiresAt = Number(text(reply[1])) + Number(text(reply[2]));
+    if (text(reply[0]) === 'in-flight') {
+      const fingerprint = text(reply[3]);
+      return { scope, key, state: 'in-flight', fingerprint, updatedAt: Number(text(reply[4])), expiresAt };
+    }
+    const { fingerprint, updatedAt, response } = decodeCompleted(reply[3]);
+    return { scope, key, state: 'completed', fingerprint, updatedAt, expiresAt, response };
   }
 
   /**
@@ -292,13 +296,40 @@ function text(value: unknown): string {
   throw new TypeError(`RedisStore: unexpected reply from Redis (${typeof value})`);
 }
 
-function decodeResponse(status: unknown, headers: unknown, body: unknown, omitted: unknown): StoredResponse {
-  const bytes = Buffer.isBuffer(body) ? body : Buffer.from(text(body), 'utf8');
+/** Reads a decimal length or time that ends at the next `:` from `at`; returns it and where it ended. */
+function readNumber(blob: Buffer, at: number): [value: number, end: number] {
+  const end = blob.indexOf(0x3a, at); // ':'
+  if (end < 0) throw new TypeError('RedisStore: malformed completed record');
+  return [Number(blob.toString('latin1', at, end)), end + 1];
+}
+
+/** Unpacks `<n>:<fingerprint><completed at>:<m>:<meta JSON><body>` (see the scripts above). */
+function decodeCompleted(value: unknown): {
+  fingerprint: string;
+  updatedAt: number;
+  response: StoredResponse;
+} {
+  if (!Buffer.isBuffer(value)) throw new TypeError('RedisStore: unexpected reply from Redis');
+  const [fingerprintLength, fingerprintAt] = readNumber(value, 0);
+  const timeAt = fingerprintAt + fingerprintLength;
+  const fingerprint = value.toString('utf8', fingerprintAt, timeAt);
+  const [updatedAt, lengthAt] = readNumber(value, timeAt);
+  const [metaLength, metaAt] = readNumber(value, lengthAt);
+  const bodyAt = metaAt + metaLength;
+  const [status, headers, omitted] = JSON.parse(value.toString('utf8', metaAt, bodyAt)) as [
+    number,
+    HeaderMap,
+    number,
+  ];
   return {
-    status: Number(text(status)),
-    headers: JSON.parse(text(headers)) as HeaderMap,
-    // A copy: the reply Buffer may be a slice of a larger pooled allocation.
-    body: new Uint8Array(bytes),
-    bodyOmitted: text(omitted) === '1',
+    fingerprint,
+    updatedAt,
+    response: {
+      status,
+      headers,
+      // A copy: the reply Buffer may share a larger pooled allocation.
+      body: new Uint8Array(value.subarray(bodyAt)),
+      bodyOmitted: omitted === 1,
+    },
   };
 }
