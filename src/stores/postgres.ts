@@ -350,14 +350,15 @@ RETURNING 1`,
     get: `SELECT r.state, r.fingerprint, ${response}, ${epochMs('r.updated_at')} AS updated, ${epochMs('r.expires_at')} AS expires
 FROM ${table} r
 WHERE r.scope = $1::text AND r.key = $2::text AND r.expires_at > ${now}`,
-    // T2: a bounded batch found through the expires_at index. SKIP LOCKED lets several instances
-    // sweep at once and passes over rows an acquire is taking over right now; the row locks pin the
-    // ctids until the DELETE, which re-checks expiry anyway.
+    // T2: a bounded batch found through the expires_at index, deleted by ctid (a TID scan). SKIP LOCKED
+    // lets several instances sweep at once and passes over rows an acquire is taking over right now.
+    // The row locks pin those ctids until the DELETE, so it needs no second expiry check (one would
+    // let the planner walk every expired index entry instead of the TID scan).
     sweep: `WITH doomed AS (
   DELETE FROM ${table}
   WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM ${table} WHERE expires_at <= ${now} ORDER BY expires_at LIMIT $1::integer FOR UPDATE SKIP LOCKED
-  )) AND expires_at <= ${now}
+  ))
   RETURNING 1
 )
 SELECT count(*)::integer AS removed FROM doomed`,
