@@ -176,18 +176,14 @@ export function createFetch(options: ClientOptions = {}): FetchLike {
           retryAfter === undefined ? backoff(config, attempt) : Math.min(retryAfter, config.maxRetryAfterMs);
       }
       const response = 'response' in outcome ? outcome.response : undefined;
+      const error = 'error' in outcome ? outcome.error : undefined;
       // Budget spent: the caller gets the last response as it is, or the last error.
       if (attempt > config.retries || Date.now() - started + delayMs > config.maxElapsedMs) {
         if (response) return response;
-        throw (outcome as { error: unknown }).error;
+        throw error;
       }
       try {
-        await config.onRetry?.({
-          attempt,
-          delayMs,
-          key,
-          ...(response ? { response } : { error: (outcome as { error: unknown }).error }),
-        });
+        await config.onRetry?.({ attempt, delayMs, key, ...(response ? { response } : { error }) });
       } finally {
         // A response we will not return must not hold its connection open.
         if (response) discard(response);
