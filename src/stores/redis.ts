@@ -158,17 +158,17 @@ return {'completed', now, ttl, redis.call('GET', KEYS[1])}`);
 /**
  * A store in Redis, shared by every process and machine that uses the same Redis (L5). Each operation
  * is one EVALSHA of a Lua script, so acquire, complete, renew, release and get are each one atomic round
- * trip. A record is one hash whose Redis expiry is its lease or TTL: Redis deletes expired records
+ * trip. A record is one Redis key whose expiry is its lease or TTL: Redis deletes expired records
  * itself, so {@link RedisStore.sweep} has nothing to do (T2).
  *
  * Works with ioredis (v5, v6) and node-redis (v4, v5), single node or Cluster: a record lives under
- * `${prefix}{${digest of scope and key}}`, one key on one hash slot. Scope and key are kept exactly
- * as given (S3): the digest is over both, unambiguously.
+ * `${prefix}{${SHA-256 of scope and key}}`, one key on one hash slot. Scope and key are used exactly
+ * as given, never normalised (K5, S3), and never appear in Redis in the clear.
  *
  * @param options.client your connected client; never closed by the store
  * @param options.prefix key prefix; default `'oncely:v1:'`
  * @example
- * import Redis from 'ioredis';
+ * import { Redis } from 'ioredis';
  * import { RedisStore } from 'oncely/redis';
  * const store = new RedisStore({ client: new Redis(process.env.REDIS_URL!), prefix: 'payments:oncely:' });
  */
