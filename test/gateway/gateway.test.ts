@@ -213,7 +213,9 @@ describe('gateway: G2 (upstream failures)', () => {
 describe('gateway: G3 (everything else untouched)', () => {
   it('G3: a GET with a key passes through every time, nothing recorded (M2)', async () => {
     const { upstream, gateway } = await setup();
-    upstream.routes.set('GET /thing', (_req, res) => res.writeHead(200).end('thing'));
+    upstream.routes.set('GET /thing', (_req, res) => {
+      res.writeHead(200).end('thing');
+    });
     for (let i = 0; i < 2; i++) {
       const reply = await send(gateway.url, {
         path: '/thing',
