@@ -67,12 +67,16 @@ async function create(url: string): Promise<OpenedStore> {
     const [{ RedisStore }, { Redis }] = await Promise.all([load(REDIS_MODULE, 'redis'), import('ioredis')]);
     // Fail fast at startup instead of queueing commands while reconnecting forever.
     const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 5_000 });
-    client.on('error', () => {}); // reported through failed commands (S2), not as an unhandled event
+    // Reported through failed commands (S2), not as an unhandled event; the first one explains startup.
+    let connectError: unknown;
+    client.on('error', (error) => {
+      connectError ??= error;
+    });
     try {
       await client.connect();
     } catch (error) {
       client.disconnect();
-      throw new StoreOpenError(`store ${redactUrl(url)} is unreachable: ${oneLine(error)}`);
+      throw new StoreOpenError(`store ${redactUrl(url)} is unreachable: ${oneLine(connectError ?? error)}`);
     }
     const store: Store = new RedisStore({ client });
     return {
