@@ -138,7 +138,10 @@ async function primary(config: GatewayConfig): Promise<void> {
   cluster.on('message', (_worker, message: { oncely?: string; url?: string }) => {
     if (message?.oncely !== 'listening') return;
     ready += 1;
-    if (ready === config.workers && demo) process.stderr.write(`${demoInstructions(message.url!)}\n`);
+    if (ready !== config.workers) return;
+    const adminNote = admin ? `, admin on ${admin.url}` : '';
+    process.stderr.write(`oncely: ${config.workers} workers listening on ${message.url}${adminNote}\n`);
+    if (demo) process.stderr.write(`${demoInstructions(message.url!)}\n`);
   });
   cluster.on('exit', (worker, code) => {
     if (stopping) return;
@@ -146,8 +149,6 @@ async function primary(config: GatewayConfig): Promise<void> {
     process.stderr.write(`oncely: worker ${worker.process.pid} exited with code ${code}; starting another\n`);
     fork();
   });
-  for (let i = 0; i < config.workers; i++) fork();
-
   let admin: Awaited<ReturnType<typeof startAdmin>> | undefined;
   let closeStore: (() => Promise<void>) | undefined;
   if (config.admin) {
@@ -160,6 +161,8 @@ async function primary(config: GatewayConfig): Promise<void> {
       metrics: async () => ({ text: await aggregator.clusterMetrics(), contentType: aggregator.contentType }),
     }).catch(startupFailed);
   }
+  for (let i = 0; i < config.workers; i++) fork();
+
   onSignals(async () => {
     stopping = true;
     const exits = Object.values(cluster.workers ?? {}).map(
@@ -181,9 +184,15 @@ async function worker(config: GatewayConfig): Promise<void> {
   const upstream = config.upstream ?? die('worker started without an upstream');
   // The primary serves the admin listener and aggregates every worker's metrics.
   const running = await startGateway({ ...config, upstream, admin: undefined }).catch(startupFailed);
+  // Constructing an AggregatorRegistry is what makes a worker answer the primary's metric requests.
+  new AggregatorRegistry();
   AggregatorRegistry.setRegistries([running.metrics.registry]);
   process.send?.({ oncely: 'listening', url: running.url });
   onSignals(() => running.close());
+  // The primary is gone (crashed or killed): finish what is in flight and leave too.
+  process.once('disconnect', () => {
+    running.close().then(() => process.exit(0));
+  });
 }
 
 /** SIGTERM/SIGINT: stop gracefully and exit 0; a second signal exits at once. */

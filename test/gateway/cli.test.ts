@@ -224,4 +224,41 @@ describe('oncely CLI', () => {
     expect(swept.code).toBe(0);
     expect(swept.stdout).toMatch(/^removed \d+ expired records?\n$/);
   });
+
+  it('L5: --workers 2 share the port and the SQLite file: one upstream call, metrics aggregated', async () => {
+    const upstream = new Upstream();
+    const upstreamUrl = await upstream.listen();
+    const db = join(work, 'workers.db');
+    const child = new Child([
+      'gateway',
+      ...['--upstream', upstreamUrl, '--listen', '127.0.0.1:0', '--store', `sqlite:${db}`],
+      ...['--workers', '2', '--admin', '127.0.0.1:0'],
+    ]);
+    try {
+      const [, url, adminUrl] = await child.waitFor(
+        'stderr',
+        /2 workers listening on (http:\/\/[\d.:]+), admin on (http:\/\/[\d.:]+)/,
+      );
+      const request = {
+        method: 'POST',
+        path: '/payments',
+        headers: { 'idempotency-key': 'cli-workers-01' },
+        body: 'x',
+      };
+      const replies = [];
+      for (let i = 0; i < 4; i++) replies.push(await send(url!, request));
+      expect(replies.map((reply) => reply.status)).toEqual([201, 201, 201, 201]);
+      expect(replies.filter((reply) => reply.headers['idempotent-replayed'] === 'true')).toHaveLength(3);
+      expect(upstream.count('POST /payments')).toBe(1);
+      const metrics = (await send(adminUrl!, { path: '/metrics' })).body.toString();
+      expect(metrics).toContain('oncely_requests_total{outcome="executed"} 1');
+      expect(metrics).toContain('oncely_requests_total{outcome="replayed"} 3');
+      expect((await send(adminUrl!, { path: '/healthz' })).status).toBe(200);
+      child.process.kill('SIGTERM');
+      expect(await child.exited).toBe(0);
+    } finally {
+      child.process.kill('SIGKILL');
+      await upstream.close();
+    }
+  });
 });
