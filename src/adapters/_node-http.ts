@@ -6,9 +6,14 @@ import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:
 import { Readable } from 'node:stream';
 import { readLimited } from '../core/body.js';
 import type { Execution, IncomingRequest, OutgoingResponse } from '../core/engine.js';
+import { RequestTooLargeError } from '../core/errors.js';
 import type { HeaderMap } from '../core/store.js';
 
-/** The engine's view of a node:http request; the body is read only when asked. */
+/**
+ * The engine's view of a node:http request; the body is read only when asked.
+ * `parsedBody`, when given, returns what a body parser mounted earlier made of a body it already
+ * consumed (Express's `req.body`, Koa's `ctx.request.body`): see {@link parsedBodyBytes}.
+ */
 export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> {
   readonly method: string;
   readonly url: string;
@@ -17,6 +22,7 @@ export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> 
     readonly req: IncomingMessage,
     readonly raw: Raw,
     url?: string,
+    readonly parsedBody?: () => unknown,
   ) {
     this.method = req.method ?? 'GET';
     this.url = url ?? req.url ?? '/';
@@ -29,10 +35,34 @@ export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> 
 
   async readBody(limit: number): Promise<Uint8Array> {
     const req = this.req;
-    const body = await readLimited(req, limit, req.headers['content-length']);
+    if (this.parsedBody !== undefined && (req.readableDidRead || req.readableEnded)) {
+      // Something read the stream before us: its bytes are gone, fingerprint what was made of them.
+      const body = parsedBodyBytes(this.parsedBody());
+      if (body.byteLength > limit) throw new RequestTooLargeError(limit);
+      return body;
+    }
+    // Not `for await (… of req)`: at the end it destroys the message (a later 'close' makes body
+    // parsers give up) and leaves its 'readable' listener behind (which stops 'data' readers from
+    // flowing). This iterator detaches cleanly, so the re-armed body reads like a fresh one.
+    const chunks = req.iterator({ destroyOnReturn: false });
+    const body = await readLimited(chunks, limit, req.headers['content-length']);
     rearmBody(req, body);
     return body;
   }
+}
+
+/**
+ * F1 when a body parser ran first: the bytes a parsed body stands for. A Buffer or Uint8Array
+ * (`express.raw()`) is the raw body itself; a string (`express.text()`) is encoded as UTF-8;
+ * anything else (`express.json()`, `express.urlencoded()`) is its JSON serialization; no body is empty.
+ * Equal requests give equal bytes; JSON bodies that differ only in whitespace count as the same
+ * request, which is what an app that parses first means by "the same body".
+ */
+export function parsedBodyBytes(body: unknown): Uint8Array {
+  if (body === undefined || body === null) return new Uint8Array(0);
+  if (body instanceof Uint8Array) return body;
+  if (typeof body === 'string') return Buffer.from(body, 'utf8');
+  return Buffer.from(JSON.stringify(body) ?? '', 'utf8');
 }
 
 /**
@@ -81,7 +111,7 @@ type WriteHead = (...args: unknown[]) => ServerResponse;
  * problem if nothing was sent yet (R3), or cuts off a response already streaming.
  */
 export function captureResponse(res: ServerResponse, execution: Execution): { fail(error: unknown): void } {
-  const original = { write: res.write, end: res.end, writeHead: res.writeHead };
+  const original = { write: res.write, end: res.end, writeHead: res.writeHead, destroy: res.destroy };
   const chunks: Buffer[] = [];
   let size = 0;
   let mode: 'buffer' | 'switching' | 'stream' | 'ended' = 'buffer';
@@ -91,7 +121,42 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
     res.write = original.write;
     res.end = original.end;
     res.writeHead = original.writeHead;
+    res.destroy = original.destroy;
+    // Back to node's own getter (an own property shadows the prototype's).
+    delete (res as { headersSent?: boolean }).headersSent;
   };
+
+  // Once the handler has written its head or body, node would report the headers as sent; frameworks
+  // read that to choose between writing an error response and aborting (Express's final handler,
+  // Koa's ctx.onerror). Report the same while buffering, so an error after the first byte aborts the
+  // response instead of being appended to it.
+  const commit = () => {
+    if (Object.hasOwn(res, 'headersSent')) return;
+    Object.defineProperty(res, 'headersSent', { configurable: true, get: () => true });
+  };
+
+  // R3: the app aborted the response (pipeline() does on a failing stream) before it completed:
+  // record a 500 problem, so a retry never re-runs the handler (R6: before the connection is cut).
+  res.destroy = function destroy(this: ServerResponse, error?: Error) {
+    if (mode !== 'buffer') return original.destroy.call(res, error);
+    mode = 'ended';
+    // Nothing reached the wire, so as in node no headers count as sent; what the framework writes
+    // until the problem is recorded is dropped with the connection.
+    delete (res as { headersSent?: boolean }).headersSent;
+    execution.fail(error).then(() => {
+      restore();
+      original.destroy.call(res, error);
+    });
+    return res;
+  } as typeof res.destroy;
+  res.once('close', () => {
+    // R3: the connection closed after the handler began writing (a framework aborting an error
+    // after "headers sent", or the client leaving): the response cannot complete.
+    if (mode !== 'buffer' || !Object.hasOwn(res, 'headersSent')) return;
+    mode = 'ended';
+    restore();
+    void execution.fail(new Error('the connection closed before the response completed'));
+  });
 
   const toBuffer = (chunk: unknown, encoding: unknown): Buffer | undefined => {
     if (chunk === undefined || chunk === null) return undefined;
@@ -120,6 +185,7 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
   };
 
   res.writeHead = function writeHead(this: ServerResponse, status: unknown, ...rest: unknown[]) {
+    commit();
     res.statusCode = status as number;
     let headers = rest[0];
     if (typeof headers === 'string') {
@@ -142,6 +208,8 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
 
   res.write = function write(this: ServerResponse, chunk: unknown, encoding?: unknown, callback?: unknown) {
     if (mode === 'stream') return (original.write as Write).call(res, chunk, encoding, callback);
+    if (mode === 'ended') return false;
+    commit();
     const done = callbackOf(encoding, callback);
     if (mode === 'switching') {
       queued.push(() => (original.write as Write).call(res, chunk, encoding, callback));
@@ -168,6 +236,7 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
       return res;
     }
     if (mode === 'ended') return res;
+    commit();
     const buffer = toBuffer(chunk, encoding);
     if (buffer !== undefined && buffer.byteLength > 0) {
       chunks.push(buffer);
