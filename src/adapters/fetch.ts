@@ -11,6 +11,8 @@ import type { HeaderMap } from '../core/store.js';
 export class FetchRequest implements IncomingRequest<Request> {
   readonly method: string;
   readonly url: string;
+  /** The body, once the engine has read it. */
+  body: Uint8Array | undefined;
 
   constructor(readonly raw: Request) {
     this.method = raw.method;
@@ -21,12 +23,17 @@ export class FetchRequest implements IncomingRequest<Request> {
     return this.raw.headers.get(name) ?? undefined;
   }
 
-  readBody(limit: number): Promise<Uint8Array> {
-    return readLimited(
-      this.raw.body as AsyncIterable<Uint8Array> | null,
-      limit,
-      this.raw.headers.get('content-length'),
-    );
+  async readBody(limit: number): Promise<Uint8Array> {
+    const stream = this.raw.body as AsyncIterable<Uint8Array> | null;
+    this.body = await readLimited(stream, limit, this.raw.headers.get('content-length'));
+    return this.body;
+  }
+
+  /** The request for the app: the original, or a copy carrying the body the engine consumed. */
+  forApp(): Request {
+    const body = this.body;
+    if (body === undefined) return this.raw;
+    return new Request(this.raw, { body: body.byteLength === 0 ? null : (body as BodyInit) });
   }
 }
 
@@ -122,17 +129,17 @@ export function withIdempotency<Args extends unknown[]>(
   const engine = new Engine<Request>(options);
 
   async function idempotentHandler(request: Request, ...rest: Args): Promise<Response> {
-    const pending = engine.begin(new FetchRequest(request));
+    const incoming = new FetchRequest(request);
+    const pending = engine.begin(incoming);
     if (pending === PASS) return handler(request, ...rest);
     const decision = await pending;
-    if (decision.action === 'pass') return handler(request, ...rest);
+    // fail-open passes after the body was read: hand the app a copy that still has it.
+    if (decision.action === 'pass') return handler(incoming.forApp(), ...rest);
     if (decision.action === 'respond') return toFetchResponse(decision.response);
     const { execution } = decision;
-    const body = execution.request.body;
-    const replayable = new Request(request, { body: body.byteLength === 0 ? null : (body as BodyInit) });
     let response: Response;
     try {
-      response = await handler(replayable, ...rest);
+      response = await handler(incoming.forApp(), ...rest);
     } catch (error) {
       return toFetchResponse(await execution.fail(error));
     }

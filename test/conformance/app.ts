@@ -85,13 +85,21 @@ export class ConformanceApp {
       });
       return {
         status: 201,
-        headers: { 'content-type': 'application/json', 'x-execution': String(n), 'set-cookie': `session=${n}` },
+        headers: {
+          'content-type': 'application/json',
+          'x-execution': String(n),
+          'set-cookie': `session=${n}`,
+        },
         body: text(body),
       };
     }
     if (route.startsWith('/status/')) {
       const status = Number(route.slice('/status/'.length));
-      return { status, headers: { 'content-type': 'application/json', 'x-execution': String(n) }, body: text(`{"n":${n}}`) };
+      return {
+        status,
+        headers: { 'content-type': 'application/json', 'x-execution': String(n) },
+        body: text(`{"n":${n}}`),
+      };
     }
     if (route === '/binary') {
       return {
@@ -116,14 +124,22 @@ export class ConformanceApp {
       };
     }
     if (route === '/multi') {
-      return { status: 200, headers: { 'content-type': 'text/plain', 'x-multi': ['a', 'b'] }, body: text('multi') };
+      return {
+        status: 200,
+        headers: { 'content-type': 'text/plain', 'x-multi': ['a', 'b'] },
+        body: text('multi'),
+      };
     }
     if (route === '/big') {
       const bytes = Number(url.searchParams.get('bytes') ?? 65536);
       return { status: 200, headers: { 'content-type': 'application/octet-stream' }, chunks: bigBody(bytes) };
     }
     if (route === '/sse') {
-      return { status: 200, headers: { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' }, chunks: events(n) };
+      return {
+        status: 200,
+        headers: { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' },
+        chunks: events(n),
+      };
     }
     if (route === '/throw') throw new Error(`handler failed on execution ${n}`);
     if (route === '/stream-fail') {
@@ -135,7 +151,11 @@ export class ConformanceApp {
         hold.resolveEntered();
         await hold.released;
       }
-      return { status: 201, headers: { 'content-type': 'application/json' }, body: text(`{"held":true,"n":${n}}`) };
+      return {
+        status: 201,
+        headers: { 'content-type': 'application/json' },
+        body: text(`{"held":true,"n":${n}}`),
+      };
     }
     return { status: 404, headers: { 'content-type': 'text/plain' }, body: text('not found') };
   }
@@ -169,5 +189,8 @@ export interface RunningServer {
  */
 export interface ConformanceFixture {
   name: string;
-  start(app: ConformanceApp, options: import('../../src/core/options.js').IdempotencyOptions): Promise<RunningServer>;
+  start(
+    app: ConformanceApp,
+    options: import('../../src/core/options.js').IdempotencyOptions,
+  ): Promise<RunningServer>;
 }
