@@ -99,10 +99,12 @@ export function createProxy(options: ProxyOptions): Proxy {
     const requestNotes: RequestNotes = {};
     await notes.run(requestNotes, async () => {
       try {
-        const decision = await engine.begin(new NodeRequest(req, req));
+        const incoming = new BufferingRequest(req);
+        const decision = await engine.begin(incoming);
         if (decision === PASS || decision.action === 'pass') {
           options.onPass?.();
-          await passThrough(req, res);
+          // A keyed request let through unprotected (fail-open, S2) was read already: send those bytes.
+          await passThrough(req, res, incoming.body);
         } else if (decision.action === 'respond') {
           writeResponse(res, decision.response);
         } else {
@@ -126,18 +128,23 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
 
   /** G3: unkeyed traffic and other methods, streamed both ways without buffering. */
-  async function passThrough(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async function passThrough(req: IncomingMessage, res: ServerResponse, read?: Uint8Array): Promise<void> {
     const started = performance.now();
     const length = req.headers['content-length'];
     const hasBody =
       length !== undefined ? Number(length) > 0 : req.headers['transfer-encoding'] !== undefined;
+    const headers = forwardHeaders(req);
+    if (read !== undefined) {
+      delete headers['transfer-encoding'];
+      headers['content-length'] = String(read.byteLength);
+    }
     let upstream: Awaited<ReturnType<Pool['request']>>;
     try {
       upstream = await pool.request({
         method: req.method as 'GET',
         path: req.url ?? '/',
-        headers: forwardHeaders(req),
-        body: hasBody ? req : null,
+        headers,
+        body: read ?? (hasBody ? req : null),
       });
     } catch (error) {
       const problem = classify(error, upstreamTimeoutMs);
@@ -203,11 +210,14 @@ export function createProxy(options: ProxyOptions): Proxy {
         size += next.value.byteLength;
       }
     } catch (error) {
-      // The response broke off midway: the upstream acted, so record the 502/504 (G2, R3).
+      // The upstream answered, then its body broke off: it acted, so an outcome is recorded. A stall
+      // is G2's recorded 504; a broken stream is R3's 500, exactly as behind the middleware (G1).
       const problem = classify(error, upstreamTimeoutMs, true);
       requestNotes.upstreamMs = performance.now() - started;
       options.onUpstream?.(requestNotes.upstreamMs, outcomeOf(problem));
-      writeResponse(res, await execution.complete(problemResponse(problem)));
+      if (problem instanceof UpstreamTimeoutError) {
+        writeResponse(res, await execution.complete(problemResponse(problem)));
+      } else writeResponse(res, await execution.fail(error));
       return;
     }
     ended = size > execution.maxResponseBytes || ended;
@@ -245,6 +255,20 @@ export function createProxy(options: ProxyOptions): Proxy {
     handle,
     close: () => pool.close(),
   };
+}
+
+/** The engine's view of the request, remembering the body once the engine has read it. */
+class BufferingRequest extends NodeRequest<IncomingMessage> {
+  body: Uint8Array | undefined;
+
+  constructor(req: IncomingMessage) {
+    super(req, req);
+  }
+
+  override async readBody(limit: number): Promise<Uint8Array> {
+    this.body = await super.readBody(limit);
+    return this.body;
+  }
 }
 
 /** G2: which problem an upstream error means, and whether the request may have reached it. */

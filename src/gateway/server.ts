@@ -6,6 +6,7 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type DestinationStream, type Logger, pino } from 'pino';
 import { Engine } from '../core/engine.js';
+import type { IdempotencyOptions } from '../core/options.js';
 import type { Store } from '../core/store.js';
 import { GatewayMetrics, hostForUrl, scopeOf, startAdmin } from './admin.js';
 import { DEFAULT_UPSTREAM_TIMEOUT_MS, type GatewayConfig } from './config.js';
@@ -34,6 +35,11 @@ export interface GatewayRuntime {
   store?: Store;
   /** Where log lines go. @default stdout */
   logDestination?: DestinationStream;
+  /**
+   * Engine options beyond what the CLI offers (a `scope` or `fingerprint` function, `record`,
+   * `onInFlight`, …). They override the config's; an `onEvent` here runs after the gateway's own.
+   */
+  engineOptions?: Omit<IdempotencyOptions<IncomingMessage>, 'store'>;
 }
 
 /** The config fields a programmatic caller must give; the rest take the CLI's defaults. */
@@ -65,6 +71,7 @@ export async function startGateway(
   const metrics = new GatewayMetrics();
   const scopeHeaders = settings.scopeHeaders;
 
+  const { onEvent: userOnEvent, ...engineOptions } = runtime.engineOptions ?? {};
   const engine = new Engine<IncomingMessage>({
     store,
     methods: settings.methods,
@@ -75,6 +82,7 @@ export async function startGateway(
     maxResponseBytes: settings.maxResponseBytes,
     // S1: one credential's (or tenant's) keys never replay another's responses.
     scope: (request) => scopeOf(scopeHeaders.map((name) => request.header(name))),
+    ...engineOptions,
     onEvent: (event) => {
       metrics.onEvent(event);
       // S3: the engine already cut the key to its first 8 characters; errors are logged by message only.
@@ -82,6 +90,7 @@ export async function startGateway(
       if (event.type === 'store_error') {
         logger.warn({ ...line, error: errorMessage(event.error), failOpen: event.failOpen }, 'store error');
       } else logger.info(line, event.type);
+      userOnEvent?.(event);
     },
   });
 

@@ -177,7 +177,7 @@ describe('gateway: G2 (upstream failures)', () => {
     expect(upstream.count('POST /drop')).toBe(1);
   });
 
-  it('G2: an upstream that breaks off its response body midway: 502 recorded (R3)', async () => {
+  it('R3: an upstream that breaks off its response body midway: 500 response_incomplete recorded', async () => {
     const { upstream, gateway } = await setup();
     upstream.routes.set('POST /half', (_req, res) => {
       res.writeHead(200, { 'content-length': '1000' });
@@ -185,9 +185,10 @@ describe('gateway: G2 (upstream failures)', () => {
       setImmediate(() => res.destroy());
     });
     const first = await post(gateway, '/half', 'key-halfbody-01', 'x');
-    expect(first.status).toBe(502);
+    expect(first.status).toBe(500);
+    expect(JSON.parse(first.body.toString()).code).toBe('response_incomplete');
     const retry = await post(gateway, '/half', 'key-halfbody-01', 'x');
-    expect(retry.status).toBe(502);
+    expect(retry.status).toBe(500);
     expect(retry.headers['idempotent-replayed']).toBe('true');
     expect(upstream.count('POST /half')).toBe(1);
   });
@@ -207,6 +208,26 @@ describe('gateway: G2 (upstream failures)', () => {
     expect(retry.status).toBe(504);
     expect(retry.headers['idempotent-replayed']).toBe('true');
     expect(upstream.count('POST /hang')).toBe(1);
+  });
+});
+
+describe('gateway: G2 (stalls mid-body)', () => {
+  it('G2: an upstream that stalls mid-body longer than --upstream-timeout: 504 recorded and replayed', async () => {
+    const { upstream, gateway } = await setup({ upstreamTimeoutMs: 200 });
+    const never = deferred();
+    cleanups.push(async () => never.resolve());
+    upstream.routes.set('POST /stall', async (_req, res) => {
+      res.writeHead(200, { 'content-length': '100' });
+      res.write('some');
+      await never.promise;
+      res.end();
+    });
+    const first = await post(gateway, '/stall', 'key-stalled-001', 'x');
+    expect(first.status).toBe(504);
+    expect(JSON.parse(first.body.toString()).code).toBe('upstream_timeout');
+    const retry = await post(gateway, '/stall', 'key-stalled-001', 'x');
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    expect(upstream.count('POST /stall')).toBe(1);
   });
 });
 
