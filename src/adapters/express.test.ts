@@ -1,0 +1,290 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import express5, { type Express, type NextFunction, type Request, type Response } from 'express';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { deferred, type RunningServer } from '../../test/conformance/app.js';
+import { express4, listen } from '../../test/conformance/fixtures/express.js';
+import { readStream } from '../../test/conformance/fixtures/koa.js';
+import { type Received, type SendOptions, send } from '../../test/conformance/http.js';
+import { newKey } from '../../test/conformance/suite.js';
+import type { EngineEvent } from '../core/events.js';
+import type { IdempotencyOptions } from '../core/options.js';
+import { MemoryStore } from '../stores/memory.js';
+import { idempotency } from './express.js';
+
+type Handler = (req: Request, res: Response, next: NextFunction) => unknown;
+
+const dir = mkdtempSync(join(tmpdir(), 'oncely-express-'));
+const file = join(dir, 'receipt.bin');
+writeFileSync(
+  file,
+  new Uint8Array(300).map((_, i) => (i * 7) % 256),
+);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A replay: same status, body bytes and end-to-end headers as the first response, marked (R2, R5). */
+function expectReplay(first: Received, again: Received): void {
+  expect(first.headers['idempotent-replayed']).toBeUndefined();
+  expect(again.headers['idempotent-replayed']).toBe('true');
+  expect(again.status).toBe(first.status);
+  expect(again.body.equals(first.body)).toBe(true);
+  for (const name of ['content-type', 'location', 'etag', 'x-handler'])
+    expect(again.headers[name], name).toBe(first.headers[name]);
+}
+
+describe.each([
+  ['Express 5', express5],
+  ['Express 4', express4],
+])('oncely/express (%s)', (_label, express) => {
+  const running: RunningServer[] = [];
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((server) => server.close()));
+  });
+
+  /** An app with `setup` applied, counting runs of the final handler. */
+  async function serve(setup: (app: Express, counted: (h: Handler) => Handler) => void) {
+    const app = express();
+    const runs = { count: 0 };
+    const counted =
+      (handler: Handler): Handler =>
+      (req, res, next) => {
+        runs.count++;
+        return handler(req, res, next);
+      };
+    setup(app, counted);
+    const server = await listen(app);
+    running.push(server);
+    const post = (options: SendOptions = {}) => send(server.url, { path: '/', body: '{"a":1}', ...options });
+    return { runs, post };
+  }
+
+  /** Serve one handler behind oncely; POST twice with one key. */
+  async function twice(handler: Handler, options: IdempotencyOptions = {}) {
+    const { runs, post } = await serve((app, counted) => {
+      app.use(idempotency(options));
+      app.use(counted(handler));
+    });
+    const key = newKey();
+    const first = await post({ key });
+    const again = await post({ key });
+    return { first, again, runs };
+  }
+
+  const paths: Array<[string, Handler]> = [
+    ['res.send(string)', (_req, res) => res.set('x-handler', 'send').status(201).send('<p>created</p>')],
+    ['res.json', (_req, res) => res.status(201).json({ id: 'pay_1', amount: 1000 })],
+    ['res.end', (_req, res) => res.status(202).end('accepted')],
+    [
+      'res.write + res.end',
+      (_req, res) => {
+        res.setHeader('content-type', 'text/plain');
+        res.write('one ');
+        res.write(Buffer.from('two '));
+        res.end('three');
+      },
+    ],
+    ['res.writeHead + end', (_req, res) => res.writeHead(201, { 'x-handler': 'head' }).end()],
+    ['res.sendStatus', (_req, res) => res.sendStatus(402)],
+    ['res.redirect', (_req, res) => res.redirect(303, '/payments/pay_1')],
+    ['a piped stream', (_req, res) => Readable.from([Buffer.from('a'), Buffer.from('bc')]).pipe(res)],
+    ['res.sendFile', (_req, res, next) => res.sendFile(file, (error) => error && next(error))],
+  ];
+  for (const [name, handler] of paths) {
+    it(`R1, R2, R5: ${name} is recorded and replayed byte-exact, the handler runs once`, async () => {
+      const { first, again, runs } = await twice(handler);
+      expectReplay(first, again);
+      expect(runs.count).toBe(1);
+    });
+  }
+
+  it('R1, R5: res.sendFile replays the file bytes', async () => {
+    const { again } = await twice((_req, res) => res.sendFile(file));
+    expect(again.body.length).toBe(300);
+    expect(again.body[10]).toBe(70);
+  });
+
+  it("R3: an error passed to next(err) records Express's default error response", async () => {
+    const { first, again, runs } = await twice((_req, _res, next) => next(new Error('card declined')));
+    expect(first.status).toBe(500);
+    expect(first.headers['content-type']).toMatch(/^text\/html/);
+    expectReplay(first, again);
+    expect(runs.count).toBe(1);
+  });
+
+  it("R3: the app's own error handler's response is what is recorded", async () => {
+    const { runs, post } = await serve((app, counted) => {
+      app.use(idempotency());
+      app.use(counted((_req, _res, next) => next(Object.assign(new Error('no funds'), { status: 402 }))));
+      app.use((error: Error & { status: number }, _req: Request, res: Response, _next: NextFunction) => {
+        res.status(error.status).json({ error: error.message });
+      });
+    });
+    const key = newKey();
+    const first = await post({ key });
+    expect(first.status).toBe(402);
+    expect(first.json()).toEqual({ error: 'no funds' });
+    expectReplay(first, await post({ key }));
+    expect(runs.count).toBe(1);
+  });
+
+  if (express === express5) {
+    it('R3: an async handler that rejects (Express 5) records the error response', async () => {
+      const { first, again, runs } = await twice(async () => {
+        throw new Error('rejected');
+      });
+      expect(first.status).toBe(500);
+      expectReplay(first, again);
+      expect(runs.count).toBe(1);
+    });
+  }
+
+  it('R3: an error after the handler began writing aborts the response and records a 500 problem', async () => {
+    const recorded = deferred<EngineEvent>();
+    const onEvent = (event: EngineEvent) => event.type === 'executed' && recorded.resolve(event);
+    const { runs, post } = await serve((app, counted) => {
+      app.use(idempotency({ onEvent }));
+      app.use(
+        counted((_req, res, next) => {
+          res.write('partial ');
+          next(new Error('failed midway'));
+        }),
+      );
+    });
+    const key = newKey();
+    // Express's final handler sees the headers as sent and cuts the connection, as without oncely.
+    await expect(post({ key })).rejects.toThrow();
+    expect((await recorded.promise).status).toBe(500);
+    const again = await post({ key });
+    expect(again.status).toBe(500);
+    expect(again.headers['content-type']).toBe('application/problem+json');
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(runs.count).toBe(1);
+  });
+
+  describe('the body stays readable', () => {
+    const parsers: Array<[string, () => Handler, (req: Request) => Promise<unknown>]> = [
+      ['express.json()', () => express.json(), async (req) => req.body],
+      ['express.raw()', () => express.raw({ type: '*/*' }), async (req) => String(req.body)],
+      ['express.text()', () => express.text({ type: '*/*' }), async (req) => req.body],
+      [
+        'a raw stream reader',
+        () => (_req, _res, next) => next(),
+        async (req) => String(await readStream(req)),
+      ],
+    ];
+    for (const [name, parser, read] of parsers) {
+      it(`F1: mounted before ${name}, oncely hands it the whole body`, async () => {
+        const { runs, post } = await serve((app, counted) => {
+          app.use(idempotency());
+          app.use(parser());
+          app.use(counted(async (req, res) => res.status(201).json({ got: await read(req) })));
+        });
+        const key = newKey();
+        const body = JSON.stringify({ amount: 1000, note: 'x'.repeat(100_000) });
+        const first = await post({ key, body, chunked: true });
+        const got = (first.json() as { got: unknown }).got;
+        expect(typeof got === 'string' ? got : JSON.stringify(got)).toBe(body);
+        expectReplay(first, await post({ key, body, chunked: true }));
+        expect(runs.count).toBe(1);
+      });
+    }
+
+    for (const [name, parser, read] of parsers.slice(0, 3)) {
+      it(`F1, F2: mounted after ${name}, oncely fingerprints the parsed body`, async () => {
+        const { runs, post } = await serve((app, counted) => {
+          app.use(parser());
+          app.use(idempotency());
+          app.use(counted(async (req, res) => res.status(201).json({ got: await read(req) })));
+        });
+        const key = newKey();
+        const first = await post({ key, body: '{"amount":1000}' });
+        expect(first.status).toBe(201);
+        expectReplay(first, await post({ key, body: '{"amount":1000}' }));
+        const other = await post({ key, body: '{"amount":9999}' });
+        expect(other.status).toBe(422);
+        expect(runs.count).toBe(1);
+      });
+    }
+
+    it('R7: mounted after a parser, a parsed body over maxRequestBytes is answered 413', async () => {
+      const { runs, post } = await serve((app, counted) => {
+        app.use(express.text({ type: '*/*' }));
+        app.use(idempotency({ maxRequestBytes: 16 }));
+        app.use(counted((_req, res) => res.sendStatus(201)));
+      });
+      expect((await post({ key: newKey(), body: 'x'.repeat(17) })).status).toBe(413);
+      expect(runs.count).toBe(0);
+    });
+  });
+
+  it('F1: the fingerprint uses the full URL wherever the middleware is mounted', async () => {
+    const store = new MemoryStore();
+    const { runs, post } = await serve((app, counted) => {
+      for (const path of ['/a', '/b']) {
+        const router = express.Router();
+        router.use(idempotency({ store }));
+        router.post(
+          '/pay',
+          counted((_req, res) => res.status(201).send(path)),
+        );
+        app.use(path, router);
+      }
+    });
+    const key = newKey();
+    expect((await post({ key, path: '/a/pay' })).text).toBe('/a');
+    // Same key, same mounted path `/pay`, another full URL: another request (F2).
+    expect((await post({ key, path: '/b/pay' })).status).toBe(422);
+    expect(runs.count).toBe(1);
+  });
+
+  it('M3: unkeyed requests pass through to the app untouched', async () => {
+    const { runs, post } = await serve((app, counted) => {
+      app.use(idempotency());
+      app.use(express.json());
+      app.use(counted((req, res) => res.json(req.body)));
+    });
+    expect((await post()).json()).toEqual({ a: 1 });
+    expect((await post()).json()).toEqual({ a: 1 });
+    expect(runs.count).toBe(2);
+  });
+
+  it("S1: the scope callback receives Express's req", async () => {
+    const { runs, post } = await serve((app, counted) => {
+      app.use((req, _res, next) => {
+        (req as Request & { tenant?: string }).tenant = String(req.headers['x-tenant']);
+        next();
+      });
+      app.use(idempotency({ scope: (request) => (request.raw as Request & { tenant: string }).tenant }));
+      app.use(counted((_req, res) => res.status(201).send('ok')));
+    });
+    const key = newKey();
+    await post({ key, headers: { 'x-tenant': 't1' } });
+    expect((await post({ key, headers: { 'x-tenant': 't1' } })).headers['idempotent-replayed']).toBe('true');
+    expect(
+      (await post({ key, headers: { 'x-tenant': 't2' } })).headers['idempotent-replayed'],
+    ).toBeUndefined();
+    expect(runs.count).toBe(2);
+  });
+
+  it('S1: an error thrown by the scope callback reaches Express error handling', async () => {
+    const { runs, post } = await serve((app, counted) => {
+      app.use(
+        idempotency({
+          scope: () => {
+            throw new Error('no tenant');
+          },
+        }),
+      );
+      app.use(counted((_req, res) => res.sendStatus(201)));
+      app.use((error: Error, _req: Request, res: Response, _next: NextFunction) =>
+        res.status(401).send(error.message),
+      );
+    });
+    const received = await post({ key: newKey() });
+    expect(received.status).toBe(401);
+    expect(received.text).toBe('no tenant');
+    expect(runs.count).toBe(0);
+  });
+});
