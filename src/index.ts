@@ -30,6 +30,9 @@ export {
   ResponseIncompleteError,
   StoreTimeoutError,
   StoreUnavailableError,
+  UpstreamFailedError,
+  UpstreamTimeoutError,
+  UpstreamUnreachableError,
 } from './core/errors.js';
 export type { EngineEvent, EngineEventType } from './core/events.js';
 export { defaultFingerprint, defaultScope } from './core/fingerprint.js';

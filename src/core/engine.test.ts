@@ -1,0 +1,254 @@
+import fc from 'fast-check';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { MemoryStore } from '../stores/memory.js';
+import { Engine, type IncomingRequest, type OutgoingResponse, PASS } from './engine.js';
+import { RequestTooLargeError } from './errors.js';
+import type { EngineEvent } from './events.js';
+import type { Store } from './store.js';
+
+const encoder = new TextEncoder();
+
+function incoming(
+  method: string,
+  headers: Record<string, string>,
+  body: Uint8Array = encoder.encode('{}'),
+  url = '/payments',
+): IncomingRequest<null> {
+  return {
+    method,
+    url,
+    header: (name) => headers[name],
+    readBody: async (limit) => {
+      if (body.byteLength > limit) throw new RequestTooLargeError(limit);
+      return body;
+    },
+    raw: null,
+  };
+}
+
+const ok = (status = 201): OutgoingResponse => ({
+  status,
+  headers: { 'content-type': 'application/json' },
+  body: encoder.encode('{"ok":true}'),
+});
+
+function expectProblem(response: OutgoingResponse) {
+  expect(response.headers['content-type']).toBe('application/problem+json');
+  expect(response.headers['cache-control']).toBe('no-store');
+  const problem = JSON.parse(new TextDecoder().decode(response.body));
+  expect(Object.keys(problem).sort()).toEqual(['code', 'detail', 'status', 'title', 'type']);
+  expect(problem.status).toBe(response.status);
+}
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe('Engine.begin', () => {
+  it('K6, M2, M3: unkeyed requests and other methods pass synchronously, untouched', () => {
+    const engine = new Engine();
+    expect(engine.begin(incoming('POST', {}))).toBe(PASS);
+    expect(engine.begin(incoming('GET', { 'idempotency-key': 'not a key' }))).toBe(PASS);
+  });
+
+  it('P1: no generated input throws out of the engine; every answer is a decision, every rejection a problem (3,000 inputs)', async () => {
+    const engine = new Engine<null>({ maxRequestBytes: 64 });
+    const method = fc.constantFrom(
+      'POST',
+      'PATCH',
+      'GET',
+      'PUT',
+      'DELETE',
+      'HEAD',
+      'OPTIONS',
+      'post',
+      'PURGE',
+    );
+    const key = fc.oneof(fc.string(), fc.string({ unit: 'binary' }), fc.uuid(), fc.constant(undefined));
+    await fc.assert(
+      fc.asyncProperty(
+        method,
+        key,
+        fc.uint8Array({ maxLength: 100 }),
+        fc.string(),
+        async (m, k, body, path) => {
+          const headers: Record<string, string> = {};
+          if (k !== undefined) headers['idempotency-key'] = k;
+          const decision = await engine.begin(incoming(m, headers, body, `/${path}`));
+          if (decision.action === 'respond') {
+            if (decision.response.headers['idempotent-replayed'] === undefined)
+              expectProblem(decision.response);
+          } else if (decision.action === 'execute') {
+            await decision.execution.complete(ok());
+          }
+        },
+      ),
+      { numRuns: 3_000 },
+    );
+  });
+
+  it('R7: a body over maxRequestBytes is a 413 problem', async () => {
+    const engine = new Engine({ maxRequestBytes: 2 });
+    const decision = await engine.begin(
+      incoming('POST', { 'idempotency-key': 'abcdefgh' }, encoder.encode('abc')),
+    );
+    expect(decision.action === 'respond' && decision.response.status).toBe(413);
+  });
+
+  it('F1: the scope and fingerprint callbacks see the request with its body', async () => {
+    const seen: string[] = [];
+    const engine = new Engine<null>({
+      scope: (r) => (seen.push(`scope:${new TextDecoder().decode(r.body)}`), 't1'),
+      fingerprint: (r) => (seen.push(`fp:${r.method} ${r.url}`), 'fp'),
+    });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    expect(decision.action).toBe('execute');
+    expect(seen).toEqual(['scope:{}', 'fp:POST /payments']);
+  });
+});
+
+describe('Execution', () => {
+  it('L3: renews the lease every third of lockTimeoutMs while the handler runs, and stops after', async () => {
+    vi.useFakeTimers();
+    const store = new MemoryStore();
+    const renew = vi.spyOn(store, 'renew');
+    const engine = new Engine({ store, lockTimeoutMs: 3_000 });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    await vi.advanceTimersByTimeAsync(3_100);
+    expect(renew).toHaveBeenCalledTimes(3);
+    await decision.execution.complete(ok());
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(renew).toHaveBeenCalledTimes(3);
+    await store.close();
+  });
+
+  it('L4: a renewal that finds the lease taken over marks the execution lost, and its outcome is refused', async () => {
+    vi.useFakeTimers();
+    const store = new MemoryStore();
+    const events: EngineEvent[] = [];
+    const engine = new Engine({ store, lockTimeoutMs: 300, onEvent: (e) => events.push(e) });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    vi.spyOn(store, 'renew').mockResolvedValue(false);
+    await vi.advanceTimersByTimeAsync(150);
+    expect(decision.execution.lost).toBe(true);
+    vi.spyOn(store, 'complete').mockResolvedValue(false);
+    const sent = await decision.execution.complete(ok());
+    expect(sent.status).toBe(201);
+    expect(events.map((e) => e.type)).toEqual(['fenced']);
+    await store.close();
+  });
+
+  it('S2: a store failure while recording is reported, and the response still goes out', async () => {
+    const store = new MemoryStore();
+    const events: EngineEvent[] = [];
+    const engine = new Engine({ store, onEvent: (e) => events.push(e) });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    vi.spyOn(store, 'complete').mockRejectedValue(new Error('down'));
+    expect((await decision.execution.complete(ok())).status).toBe(201);
+    expect(events.map((e) => e.type)).toEqual(['store_error']);
+    await store.close();
+  });
+
+  it('R1: completing twice records once', async () => {
+    const store = new MemoryStore();
+    const complete = vi.spyOn(store, 'complete');
+    const engine = new Engine({ store });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    await decision.execution.complete(ok());
+    await decision.execution.complete(ok(500));
+    await decision.execution.release();
+    expect(complete).toHaveBeenCalledTimes(1);
+    await store.close();
+  });
+
+  it('R7: a declared Content-Length over maxResponseBytes or an event stream is streamed', async () => {
+    const engine = new Engine({ maxResponseBytes: 10 });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    const { execution } = decision;
+    expect(execution.streams({ 'content-length': '11' })).toBe(true);
+    expect(execution.streams({ 'content-length': '10' })).toBe(false);
+    expect(execution.streams({ 'content-type': 'text/event-stream; charset=utf-8' })).toBe(true);
+    expect(execution.streams({ 'content-type': 'application/json' })).toBe(false);
+    await execution.release();
+  });
+
+  it('R2: recorded headers drop hop-by-hop fields, cookies, Date, Content-Length and fields named by Connection', async () => {
+    const store = new MemoryStore();
+    const engine = new Engine({ store });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    await decision.execution.complete({
+      status: 200,
+      headers: {
+        connection: 'x-secret, close',
+        'x-secret': '1',
+        'keep-alive': 'timeout=5',
+        'transfer-encoding': 'chunked',
+        'proxy-authenticate': 'Basic',
+        'set-cookie': ['a=1'],
+        date: 'yesterday',
+        'content-length': '2',
+        'Content-Type': 'text/plain',
+        etag: '"v1"',
+      },
+      body: encoder.encode('hi'),
+    });
+    const replay = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    expect(replay.action === 'respond' && replay.response.headers).toEqual({
+      'content-type': 'text/plain',
+      etag: '"v1"',
+      'idempotent-replayed': 'true',
+    });
+    await store.close();
+  });
+});
+
+describe('Engine events', () => {
+  it('S3: report each decision with timing and a key cut to 8 characters', async () => {
+    const events: EngineEvent[] = [];
+    const engine = new Engine({ onEvent: (e) => events.push(e) });
+    const key = 'abcdefgh-secret-part';
+    const first = await engine.begin(incoming('POST', { 'idempotency-key': key }));
+    if (first.action !== 'execute') throw new Error('expected execute');
+    const conflict = await engine.begin(incoming('POST', { 'idempotency-key': key }));
+    expect(conflict.action === 'respond' && conflict.response.status).toBe(409);
+    await first.execution.complete(ok());
+    await engine.begin(incoming('POST', { 'idempotency-key': key }));
+    await engine.begin(incoming('POST', { 'idempotency-key': 'short' }));
+    expect(events.map((e) => [e.type, e.status, e.key])).toEqual([
+      ['conflict', 409, 'abcdefgh…'],
+      ['executed', 201, 'abcdefgh…'],
+      ['replayed', 201, 'abcdefgh…'],
+      ['rejected', 400, undefined],
+    ]);
+    for (const event of events) expect(event.durationMs).toBeGreaterThanOrEqual(0);
+    expect(JSON.stringify(events)).not.toContain('secret');
+    await engine.close();
+  });
+
+  it('a throwing listener does not change the outcome', async () => {
+    const engine = new Engine({
+      onEvent: () => {
+        throw new Error('listener bug');
+      },
+    });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'short' }));
+    expect(decision.action === 'respond' && decision.response.status).toBe(400);
+  });
+
+  it('S2: store calls that hang are cut off after storeTimeoutMs', async () => {
+    const hung = new MemoryStore();
+    vi.spyOn(hung, 'acquire').mockReturnValue(new Promise(() => {}));
+    const events: EngineEvent[] = [];
+    const engine = new Engine({ store: hung as Store, storeTimeoutMs: 20, onEvent: (e) => events.push(e) });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    expect(decision.action === 'respond' && decision.response.status).toBe(503);
+    expect(String((events[0]?.error as Error).message)).toMatch(/acquire\(\) did not answer within 20 ms/);
+    await hung.close();
+  });
+});

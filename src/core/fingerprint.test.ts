@@ -1,0 +1,86 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { defaultFingerprint, defaultScope } from './fingerprint.js';
+import type { IdempotencyRequest } from './request.js';
+
+interface Parts {
+  method: string;
+  url: string;
+  contentType: string | undefined;
+  body: Uint8Array;
+  other?: string;
+}
+
+const request = ({ method, url, contentType, body, other }: Parts): IdempotencyRequest => ({
+  method,
+  url,
+  header: (name) => (name === 'content-type' ? contentType : name === 'x-other' ? other : undefined),
+  body,
+  raw: null,
+});
+
+const printable = fc.string({ unit: fc.constantFrom(...'abc/?=&;:. -+0123456789'), maxLength: 20 });
+const parts = fc.record({
+  method: fc.constantFrom('POST', 'PATCH', 'PUT'),
+  url: printable.map((s) => `/${s}`),
+  contentType: fc.option(printable, { nil: undefined }),
+  body: fc.uint8Array({ maxLength: 64 }),
+});
+
+describe('defaultFingerprint', () => {
+  it('F1: is a deterministic SHA-256 hex digest (2,000 requests)', () => {
+    fc.assert(
+      fc.property(parts, (p) => {
+        const fingerprint = defaultFingerprint(request(p));
+        expect(fingerprint).toMatch(/^[0-9a-f]{64}$/);
+        expect(defaultFingerprint(request({ ...p, body: Uint8Array.from(p.body) }))).toBe(fingerprint);
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+
+  it('F1: differs when the method, URL, Content-Type or body differs (2,000 pairs)', () => {
+    fc.assert(
+      fc.property(parts, parts, (a, b) => {
+        const same =
+          a.method === b.method &&
+          a.url === b.url &&
+          (a.contentType ?? '') === (b.contentType ?? '') &&
+          Buffer.from(a.body).equals(Buffer.from(b.body));
+        expect(defaultFingerprint(request(a)) === defaultFingerprint(request(b))).toBe(same);
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+
+  it('F1: bytes shifted from one field to the next do not collide', () => {
+    const a = request({ method: 'POST', url: '/a', contentType: 'bc', body: new Uint8Array() });
+    const b = request({ method: 'POST', url: '/ab', contentType: 'c', body: new Uint8Array() });
+    const c = request({ method: 'POST', url: '/ab', contentType: '', body: new TextEncoder().encode('c') });
+    expect(new Set([a, b, c].map(defaultFingerprint)).size).toBe(3);
+  });
+
+  it('F1: ignores other headers', () => {
+    const base = { method: 'POST', url: '/x', contentType: 'application/json', body: new Uint8Array([1]) };
+    expect(defaultFingerprint(request({ ...base, other: 'one' }))).toBe(
+      defaultFingerprint(request({ ...base, other: 'two' })),
+    );
+  });
+});
+
+describe('defaultScope', () => {
+  it('S1: is a SHA-256 of the Authorization header, empty when absent', () => {
+    const withAuth = (value: string | undefined): IdempotencyRequest => ({
+      method: 'POST',
+      url: '/',
+      header: (name) => (name === 'authorization' ? value : undefined),
+      body: new Uint8Array(),
+      raw: null,
+    });
+    expect(defaultScope(withAuth(undefined))).toBe(
+      'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855',
+    );
+    expect(defaultScope(withAuth('Bearer a'))).not.toBe(defaultScope(withAuth('Bearer b')));
+    expect(defaultScope(withAuth('Bearer a'))).not.toContain('Bearer');
+  });
+});
