@@ -32,7 +32,8 @@ const POSTGRES_MODULE = '../stores/postgres.js';
  * Open the store a URL names and check that it answers. Throws {@link StoreOpenError} with one line.
  *
  * @param url `memory:`, `sqlite:PATH` (`sqlite::memory:` for a private database), `redis://HOST:PORT/DB`
- *   or `postgres://USER@HOST:PORT/DB`
+ *   (`?prefix=app:` sets the key prefix) or `postgres://USER@HOST:PORT/DB` (`?schema=oncely` sets the schema,
+ *   which must exist)
  * @example
  * const { store, close } = await openStore('sqlite:./oncely.db');
  */
@@ -66,7 +67,12 @@ async function create(url: string): Promise<OpenedStore> {
   if (/^rediss?:\/\//.test(url)) {
     const [{ RedisStore }, { Redis }] = await Promise.all([load(REDIS_MODULE, 'redis'), import('ioredis')]);
     // Fail fast at startup instead of queueing commands while reconnecting forever.
-    const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 5_000 });
+    const { connection, option: prefix } = takeParam(url, 'prefix');
+    const client = new Redis(connection, {
+      lazyConnect: true,
+      maxRetriesPerRequest: 1,
+      connectTimeout: 5_000,
+    });
     // Reported through failed commands (S2), not as an unhandled event; the first one explains startup.
     let connectError: unknown;
     client.on('error', (error) => {
@@ -78,7 +84,7 @@ async function create(url: string): Promise<OpenedStore> {
       client.disconnect();
       throw new StoreOpenError(`store ${redactUrl(url)} is unreachable: ${oneLine(connectError ?? error)}`);
     }
-    const store: Store = new RedisStore({ client });
+    const store: Store = new RedisStore(prefix === undefined ? { client } : { client, prefix });
     return {
       store,
       kind: 'redis',
@@ -90,9 +96,10 @@ async function create(url: string): Promise<OpenedStore> {
   }
   if (/^postgres(ql)?:\/\//.test(url)) {
     const [{ PostgresStore }, pg] = await Promise.all([load(POSTGRES_MODULE, 'postgres'), import('pg')]);
-    const pool = new pg.default.Pool({ connectionString: url, connectionTimeoutMillis: 5_000 });
+    const { connection, option: schema } = takeParam(url, 'schema');
+    const pool = new pg.default.Pool({ connectionString: connection, connectionTimeoutMillis: 5_000 });
     pool.on('error', () => {}); // idle-client errors surface on the next query (S2)
-    const store = new PostgresStore({ pool });
+    const store = new PostgresStore(schema === undefined ? { pool } : { pool, schema });
     try {
       await store.migrate();
     } catch (error) {
@@ -111,6 +118,15 @@ async function create(url: string): Promise<OpenedStore> {
   throw new StoreOpenError(
     `unknown store URL "${redactUrl(url)}": use sqlite:PATH, memory:, redis:// or postgres://`,
   );
+}
+
+/** oncely's own query parameter (`?prefix=` for Redis, `?schema=` for PostgreSQL), removed before the driver sees the URL. */
+function takeParam(url: string, name: string): { connection: string; option: string | undefined } {
+  const parsed = new URL(url);
+  const option = parsed.searchParams.get(name) ?? undefined;
+  if (option === undefined) return { connection: url, option };
+  parsed.searchParams.delete(name);
+  return { connection: parsed.toString(), option };
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: store modules are loaded by a computed specifier
