@@ -49,8 +49,8 @@ Flags (each also read from the environment variable shown; a flag wins):
   --listen HOST:PORT        where to listen (default ${DEFAULT_LISTEN})                 ONCELY_LISTEN
   --store URL               where records live (default ${DEFAULT_STORE})          ONCELY_STORE
                               sqlite:PATH        one machine, many processes
-                              redis://HOST:6379  many machines
-                              postgres://USER@HOST/DB  many machines (creates its table)
+                              redis://HOST:6379  many machines (?prefix=app: for the key prefix)
+                              postgres://USER@HOST/DB  many machines (creates its table; ?schema=NAME)
                               memory:            one process, lost on restart
   --ttl DURATION            keep completed records this long (default 24h)       ONCELY_TTL
   --lock-timeout DURATION   lease of a request in flight, renewed while it runs (default 60s)
