@@ -2,8 +2,8 @@
  * The server side of every benchmark: runs in a child process, listens on 127.0.0.1 (port 0), and
  * answers the parent over IPC:
  *   {type:'start'}            -> remember process.cpuUsage() and the handler counter
- *   {type:'stop'}             -> reply {type:'stopped', cpuMicros, executions} for the window
- *   {type:'call', name, args} -> run one of the server's commands, reply {type:'result', value}
+ *   {type:'stop', id}             -> reply {id, type:'stopped', cpuMicros, executions} for the window
+ *   {type:'call', id, name, args} -> run one of the server's commands, reply {id, type:'result', value}
  *   {type:'close'}            -> close the server (and its store) and exit
  */
 import { counters } from './handler.mjs';
@@ -32,19 +32,20 @@ export async function runChild(create) {
       } else if (message.type === 'stop') {
         const used = process.cpuUsage(cpu);
         process.send({
+          id: message.id,
           type: 'stopped',
           cpuMicros: used.user + used.system,
           executions: counters.executions - executions,
         });
       } else if (message.type === 'call') {
         const value = await server.commands[message.name](...(message.args ?? []));
-        process.send({ type: 'result', value });
+        process.send({ id: message.id, type: 'result', value });
       } else if (message.type === 'close') {
         await server.close();
         process.exit(0);
       }
     } catch (error) {
-      process.send({ type: 'error', error: String(error?.stack ?? error) });
+      process.send({ id: message.id, type: 'error', error: String(error?.stack ?? error) });
     }
   });
   process.on('disconnect', () => process.exit(0));

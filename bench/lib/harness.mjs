@@ -44,25 +44,34 @@ export async function startServer(script, config = {}, { execArgv = [], env = {}
     execArgv,
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   });
-  const waiters = [];
-  child.on('message', (message) => waiters.shift()?.(message));
-  const next = () => new Promise((resolve) => waiters.push(resolve));
+  let ready;
+  const pending = new Map();
+  let nextId = 0;
+  const readyOrFailed = new Promise((resolve) => {
+    ready = resolve;
+  });
+  child.on('message', (message) => {
+    if (message.id === undefined) ready(message);
+    else pending.get(message.id)?.(message);
+  });
   const exited = new Promise((resolve) => child.once('exit', resolve));
-  const ready = await Promise.race([
-    next(),
+  const first = await Promise.race([
+    readyOrFailed,
     exited.then((code) => ({ type: 'failed', error: `exit ${code}` })),
   ]);
-  if (ready.type !== 'ready') throw new Error(`${script} did not start: ${ready.error}`);
+  if (first.type !== 'ready') throw new Error(`${script} did not start: ${first.error}`);
   const ask = async (message) => {
-    const answer = next();
-    child.send(message);
+    const id = nextId++;
+    const answer = new Promise((resolve) => pending.set(id, resolve));
+    child.send({ ...message, id });
     const reply = await answer;
+    pending.delete(id);
     if (reply.type === 'error') throw new Error(`${script}: ${reply.error}`);
     return reply;
   };
   return {
-    url: `http://127.0.0.1:${ready.port}`,
-    port: ready.port,
+    url: `http://127.0.0.1:${first.port}`,
+    port: first.port,
     pid: child.pid,
     start: () => child.send({ type: 'start' }),
     stop: () => ask({ type: 'stop' }),
@@ -148,6 +157,8 @@ export async function load(url, { scenario, prefix, keys, duration, connections,
     rps: latencies.length / duration,
     p50: at(0.5),
     p99: at(0.99),
+    p999: at(0.999),
+    max: latencies.at(-1) ?? NaN,
     mean: latencies.reduce((sum, ms) => sum + ms, 0) / latencies.length,
     statuses,
     errors: result.errors,
