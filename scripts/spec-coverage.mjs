@@ -68,7 +68,9 @@ export function collect() {
       if (!/\bit(\.each|\.skipIf|\.runIf)?\b|^\s*\[?['"`]/.test(text) && !/\bit\(/.test(text)) return;
       for (const match of text.matchAll(TITLE)) {
         for (const id of match[1].split(/\s*,\s*/)) {
-          proofs.get(id)?.push({ file: relative(root, file), line: index + 1, title: `${match[1]}: ${match[2]}` });
+          proofs
+            .get(id)
+            ?.push({ file: relative(root, file), line: index + 1, title: `${match[1]}: ${match[2]}` });
         }
       }
     });
@@ -81,7 +83,7 @@ export function render(proofs) {
     '# SPEC coverage',
     '',
     'Every rule of the behaviour contract (`SPEC.md`) and the tests that prove it, found by the rule ID',
-    'each test names (`it(\'K3: …\')`). Shared suites run many times: the HTTP conformance suite',
+    "each test names (`it('K3: …')`). Shared suites run many times: the HTTP conformance suite",
     '(`test/conformance/suite.ts`) against every adapter and store, the store contract (`src/testing.ts`)',
     'against every store. Regenerate with `node scripts/spec-coverage.mjs`; `npm test` fails when a rule',
     'has no test or this file is stale.',

@@ -98,8 +98,14 @@ describe('Engine.begin', () => {
   it('F1: the scope and fingerprint callbacks see the request with its body', async () => {
     const seen: string[] = [];
     const engine = new Engine<null>({
-      scope: (r) => (seen.push(`scope:${new TextDecoder().decode(r.body)}`), 't1'),
-      fingerprint: (r) => (seen.push(`fp:${r.method} ${r.url}`), 'fp'),
+      scope: (r) => {
+        seen.push(`scope:${new TextDecoder().decode(r.body)}`);
+        return 't1';
+      },
+      fingerprint: (r) => {
+        seen.push(`fp:${r.method} ${r.url}`);
+        return 'fp';
+      },
     });
     const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
     expect(decision.action).toBe('execute');
@@ -248,7 +254,9 @@ describe('Engine events', () => {
     const engine = new Engine({ store: hung as Store, storeTimeoutMs: 20, onEvent: (e) => events.push(e) });
     const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
     expect(decision.action === 'respond' && decision.response.status).toBe(503);
-    expect(String((events[0]?.error as Error).message)).toMatch(/acquire\(\) did not answer within 20 ms/);
+    expect((events[0]?.error as Error | undefined)?.message).toMatch(
+      /acquire\(\) did not answer within 20 ms/,
+    );
     await hung.close();
   });
 });

@@ -48,16 +48,22 @@ function fingerprintOf(url: string, body: string, method = 'POST'): string {
 function spyStore(inner: Store, overrides: Partial<Store> = {}) {
   const calls = { acquire: 0, complete: 0, renew: 0, release: 0, get: 0 };
   const renewals: Array<{ count: number; resolve: () => void }> = [];
+  const count = <A extends unknown[], R>(name: keyof typeof calls, call: (...args: A) => R) => {
+    return (...args: A): R => {
+      calls[name]++;
+      return call(...args);
+    };
+  };
   const store: Store = {
-    acquire: (input) => (calls.acquire++, (overrides.acquire ?? inner.acquire.bind(inner))(input)),
-    complete: (...args) => (calls.complete++, (overrides.complete ?? inner.complete.bind(inner))(...args)),
+    acquire: count('acquire', overrides.acquire ?? inner.acquire.bind(inner)),
+    complete: count('complete', overrides.complete ?? inner.complete.bind(inner)),
     renew: (...args) => {
       calls.renew++;
       for (const waiter of renewals) if (calls.renew >= waiter.count) waiter.resolve();
       return (overrides.renew ?? inner.renew.bind(inner))(...args);
     },
-    release: (...args) => (calls.release++, (overrides.release ?? inner.release.bind(inner))(...args)),
-    get: (...args) => (calls.get++, inner.get(...args)),
+    release: count('release', overrides.release ?? inner.release.bind(inner)),
+    get: count('get', inner.get.bind(inner)),
     sweep: (limit) => inner.sweep(limit),
     close: async () => {},
   };

@@ -30,6 +30,8 @@ export async function serviceAvailable(service: 'redis' | 'postgres'): Promise<b
   if (await reachable(url, service === 'redis' ? 6379 : 5432)) return true;
   const message = `${service} is not reachable at ${url}`;
   if (process.env.CI === 'true') throw new Error(`${message}; CI requires it (.ci/run starts it)`);
-  console.warn(`\n!!! SKIPPED: the ${service} suites did not run: ${message}. Start it, or set ONCELY_TEST_${service.toUpperCase()}_URL.\n`);
+  console.warn(
+    `\n!!! SKIPPED: the ${service} suites did not run: ${message}. Start it, or set ONCELY_TEST_${service.toUpperCase()}_URL.\n`,
+  );
   return false;
 }
