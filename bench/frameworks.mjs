@@ -44,7 +44,9 @@ for (const framework of flags.only ?? Object.keys(frameworks)) {
     script: 'framework.mjs',
     config: { framework, layer },
   }));
-  console.log(`frameworks/${framework}: ${flags.rounds} rounds × ${flags.duration} s, load average ${info.loadAverage}`);
+  console.log(
+    `frameworks/${framework}: ${flags.rounds} rounds × ${flags.duration} s, load average ${info.loadAverage}`,
+  );
   const runs = await runRounds(variants, scenarios, flags);
   const rows = [];
   const summaries = {};

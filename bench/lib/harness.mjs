@@ -179,13 +179,21 @@ export async function measure(server, options, flags) {
       connections: flags.connections,
     });
   }
+  const observer = options.observer;
   server.start();
+  observer?.start();
   const run = await load(server.url, {
     ...options,
     duration: flags.duration,
     connections: flags.connections,
   });
   const used = await server.stop();
+  if (observer) {
+    // The upstream behind a proxy: its CPU and handler executions over the same window.
+    const behind = await observer.stop();
+    run.upstreamCpuPerReq = behind.cpuMicros / Math.max(1, run.total);
+    run.upstreamExecutions = behind.executions;
+  }
   run.cpuPerReq = used.cpuMicros / Math.max(1, run.total);
   run.cpuMicros = used.cpuMicros;
   run.executions = used.executions;
@@ -229,10 +237,15 @@ export async function runRounds(variants, scenarios, flags, log = console.log) {
           const prefix = keyPrefix();
           const keys = warmKeyList(prefix);
           if (scenario === 'replay') await warmKeys(server.url, keys, variant.path);
-          const run = await measure(server, { scenario, prefix, keys, path: variant.path }, flags);
+          const run = await measure(
+            server,
+            { scenario, prefix, keys, path: variant.path, observer: variant.observer },
+            flags,
+          );
+          const executions = run.upstreamExecutions ?? run.executions;
           (runs[`${variant.name}/${scenario}`] ??= []).push(run);
           log(
-            `  ${variant.name.padEnd(34)} ${scenario.padEnd(7)} ${fmt(run.rps, 0).padStart(7)} req/s  p99 ${fmt(run.p99, 2)} ms  cpu ${fmt(run.cpuPerReq, 1)} µs/req  handler ran ${run.executions}×`,
+            `  ${variant.name.padEnd(34)} ${scenario.padEnd(7)} ${fmt(run.rps, 0).padStart(7)} req/s  p99 ${fmt(run.p99, 2)} ms  cpu ${fmt(run.cpuPerReq, 1)} µs/req  handler ran ${executions}×`,
           );
         }
       } finally {
@@ -251,7 +264,8 @@ export function summarise(runs, baseline) {
     p50: median(runs.map((r) => r.p50)),
     p99: median(runs.map((r) => r.p99)),
     cpuPerReq: median(runs.map((r) => r.cpuPerReq)),
-    executionsPerReq: median(runs.map((r) => r.executions / Math.max(1, r.total))),
+    executionsPerReq: median(runs.map((r) => (r.upstreamExecutions ?? r.executions) / Math.max(1, r.total))),
+    upstreamCpuPerReq: median(runs.map((r) => r.upstreamCpuPerReq)),
     bad: runs.reduce((sum, r) => sum + r.bad + r.errors, 0),
     spread: spread(runs.map((r) => r.rps)),
   };

@@ -53,7 +53,10 @@ async function expressApp(layer) {
               body = JSON.parse(payload);
             }
             const additional = { statusCode: res.statusCode };
-            void core.onResponse(params, res.statusCode < 400 ? { additional, body } : { additional, error: body });
+            void core.onResponse(
+              params,
+              res.statusCode < 400 ? { additional, body } : { additional, error: body },
+            );
             return send(payload);
           };
           next();
@@ -148,7 +151,9 @@ async function honoApp(layer) {
   return {
     listen: () =>
       new Promise((resolve) => {
-        server = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, (address) => resolve(address.port));
+        server = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, (address) =>
+          resolve(address.port),
+        );
       }),
     async close() {
       await closeServer(server);
