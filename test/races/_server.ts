@@ -15,7 +15,8 @@ import type { EngineEventType } from '../../src/core/events.js';
 import type { Store } from '../../src/core/store.js';
 
 export interface ServerConfig {
-  store: 'sqlite' | 'redis' | 'postgres';
+  /** `memory`: a MemoryStore per process, NOT shared: the negative control of the race suite. */
+  store: 'sqlite' | 'redis' | 'postgres' | 'memory';
   /** SQLite file. */
   path?: string;
   /** Redis or PostgreSQL URL. */
@@ -47,6 +48,11 @@ const held = new Map<string, () => void>();
 let executions = 0;
 
 async function openStore(): Promise<{ store: Store; close: () => Promise<void> }> {
+  if (config.store === 'memory') {
+    const { MemoryStore } = await import('../../src/stores/memory.js');
+    const store = new MemoryStore();
+    return { store, close: () => store.close() };
+  }
   if (config.store === 'sqlite') {
     const { SqliteStore } = await import('../../src/stores/sqlite.js');
     const store = new SqliteStore({ path: config.path!, sweepIntervalMs: 0 });
