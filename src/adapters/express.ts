@@ -48,8 +48,7 @@ export function idempotency(options?: IdempotencyOptions<Request>): IdempotencyM
         captureResponse(res, decided.execution);
         next();
       }
-      // Only the user's scope/fingerprint callbacks can reject: that is the app's error.
-    }, next);
+    }, next); // Only the user's scope/fingerprint callbacks can reject: the app's error, for Express.
   }
   return Object.assign(idempotencyMiddleware, { engine });
 }
