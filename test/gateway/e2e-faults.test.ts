@@ -161,16 +161,17 @@ class FaultProxy {
     }
     // cut-in-flight: if the gateway answers first (a 409 or a replay: this attempt did not start
     // the upstream), that answer is lost instead.
+    const answeredFirst = () => {
+      this.#cutOnStart.delete(op);
+      cutBoth();
+    };
     this.#cutOnStart.set(op, () => {
-      gateway.off('data', cutBoth);
+      gateway.off('data', answeredFirst);
       client.unpipe(gateway);
       client.destroy();
       gateway.resume(); // the gateway side stays open and is drained: the gateway records the outcome
     });
-    gateway.once('data', () => {
-      this.#cutOnStart.delete(op);
-      cutBoth();
-    });
+    gateway.once('data', answeredFirst);
   }
 
   async listen(): Promise<string> {
