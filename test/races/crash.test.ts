@@ -65,7 +65,7 @@ function describeCrashes(
       servers = await startServers(count, {
         ...env.config,
         lockTimeoutMs: LEASE_MS,
-        events: ['fenced', 'executed', 'store_error'],
+        events: ['fenced', 'store_error'],
       });
       return servers;
     };
