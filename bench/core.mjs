@@ -2,10 +2,11 @@
  * Core benchmark: the bare node:http handler vs the same handler under `oncely/node`
  * withIdempotency + MemoryStore, for new keys, replays of 100 warm keys, and unkeyed requests.
  *
- *   npm run build && node bench/core.mjs [--quick] [--rounds=N] [--duration=S] [--connections=C] [--profile]
+ *   npm run build && node bench/core.mjs [--quick] [--rounds=N] [--duration=S] [--connections=C] [--only=new,replay,nokey] [--profile]
  *
  * Targets (same-round ratios of req/s): new key ≥ 0.8×, replay ≥ 1.0×, no key ≥ 0.97× the bare handler.
- * `--profile` runs the oncely server under `node --cpu-prof` (profiles in bench/results/profiles/).
+ * `--profile` runs the oncely server under `node --cpu-prof` (profiles in bench/results/profiles/{bare,oncely}/; summarise them with
+ * `node bench/lib/profile-top.mjs FILE…`).
  */
 import { join } from 'node:path';
 import {
@@ -23,16 +24,25 @@ import {
 
 const flags = parseFlags();
 const info = machine();
-const scenarios = ['new', 'replay', 'nokey'];
+const scenarios = flags.only ?? ['new', 'replay', 'nokey'];
 const TARGETS = { new: 0.8, replay: 1.0, nokey: 0.97 };
 const profileDir = join(BENCH_DIR, 'results', 'profiles');
 const variants = [
-  { name: 'bare node:http', script: 'core.mjs', config: { variant: 'bare' } },
+  {
+    name: 'bare node:http',
+    script: 'core.mjs',
+    config: { variant: 'bare' },
+    spawn: flags.profile
+      ? { execArgv: ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, 'bare')}`] }
+      : undefined,
+  },
   {
     name: 'oncely/node + MemoryStore',
     script: 'core.mjs',
     config: { variant: 'oncely' },
-    spawn: flags.profile ? { execArgv: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] } : undefined,
+    spawn: flags.profile
+      ? { execArgv: ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, 'oncely')}`] }
+      : undefined,
   },
 ];
 

@@ -1,0 +1,52 @@
+/**
+ * Ablation server for hunting the core's hot spots (bench/ablation.mjs): config.variant
+ * 'bare' | 'bareBuffer' (body sent as bytes after writeHead) | 'iterate' (oncely's body reader
+ * alone) | 'listenRearm' ('data' listeners, then oncely's re-arm and a second read) | 'rearm' (read the body with oncely's reader and re-arm
+ * it, no engine) | 'capture' (rearm + a no-op Execution-like capture of the response) | 'oncely'.
+ */
+import { createServer } from 'node:http';
+import { captureResponse, NodeRequest, rearmBody } from '../../dist/adapters/_node-http.js';
+import { withIdempotency } from '../../dist/adapters/node.js';
+import { MemoryStore } from '../../dist/index.js';
+import { closeServer, listen, runChild } from '../lib/child.mjs';
+import { bareHandler, order } from '../lib/handler.mjs';
+
+runChild(async ({ variant }) => {
+  let listener;
+  if (variant === 'bare') listener = bareHandler;
+  else if (variant === 'bareBuffer') {
+    // The bare handler, but the body goes out as a Uint8Array after writeHead, as oncely's
+    // writeResponse sends replays: head and body become two chunks of one writev.
+    listener = (req, res) => {
+      const chunks = [];
+      req.on('data', (chunk) => chunks.push(chunk));
+      req.on('end', () => {
+        const body = new TextEncoder().encode(
+          JSON.stringify(order(JSON.parse(Buffer.concat(chunks).toString()))),
+        );
+        res.writeHead(201, { 'content-type': 'application/json', 'content-length': body.byteLength });
+        res.end(body);
+      });
+    };
+  } else if (variant === 'rearm') {
+    listener = (req, res) => {
+      new NodeRequest(req, req).readBody(1 << 20).then(() => bareHandler(req, res));
+    };
+  } else if (variant === 'capture') {
+    const execution = {
+      maxResponseBytes: 1 << 20,
+      streams: () => false,
+      complete: async (response) => response,
+      completeWithoutBody: async () => {},
+      fail: async () => {},
+    };
+    listener = (req, res) => {
+      new NodeRequest(req, req).readBody(1 << 20).then(() => {
+        captureResponse(res, execution);
+        bareHandler(req, res);
+      });
+    };
+  } else listener = withIdempotency(bareHandler, { store: new MemoryStore() });
+  const server = createServer(listener);
+  return { listen: () => listen(server), close: () => closeServer(server) };
+});
