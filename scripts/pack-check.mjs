@@ -140,10 +140,22 @@ async function pack(dir) {
     (file) => /\.test\./.test(file) || file.startsWith('src/') || file.startsWith('test/'),
   );
   if (tests.length > 0) fail(`the tarball ships sources or tests: ${tests.join(', ')}`);
-  for (const required of ['package.json', 'LICENSE']) {
+  for (const required of ['package.json', 'LICENSE', 'README.md']) {
     if (!files.includes(required)) fail(`the tarball has no ${required}`);
   }
-  if (!files.includes('README.md')) console.warn('pack-check: WARNING: the tarball has no README.md');
+  // A map pointing at sources the tarball lacks makes bundlers and debuggers warn (ENOENT src/...).
+  const brokenMaps = files.filter((file) => {
+    if (!file.endsWith('.js.map')) return false;
+    const map = JSON.parse(readFileSync(join(root, file), 'utf8'));
+    if (map.sourcesContent?.every((text) => typeof text === 'string')) return false;
+    return !map.sources.every((source) => files.includes(join(dirname(file), source)));
+  });
+  if (brokenMaps.length > 0) {
+    fail(
+      `${brokenMaps.length} source maps name sources the tarball does not ship (e.g. ${brokenMaps[0]}); ` +
+        'build with "inlineSources": true (see docs/packaging.md)',
+    );
+  }
   log(`packed ${result.filename}: ${files.length} files, ${Math.round(result.size / 1024)} kB`);
   return join(dir, result.filename);
 }
