@@ -3,7 +3,8 @@
  * 503 `idempotency_store_unavailable` and no handler runs unprotected; once the store is back, the
  * very same processes serve again, without a restart.
  *
- * Redis: a private redis-server (never the shared one) killed and restarted on its port.
+ * Redis: a private redis-server (never the shared one) killed and restarted on its port, or
+ * blackholed behind a TCP proxy.
  * PostgreSQL: the shared server stays up; a TCP proxy in front of it is cut, or blackholed (a hung
  * store: only `storeTimeoutMs` answers the request), then restored.
  */
@@ -212,6 +213,55 @@ describe.skipIf(!redisInstalled)(
         () => redis!.start(),
       );
       expect(unavailable.length).toBeGreaterThanOrEqual(10);
+      await retryAfterRecovery(servers, unavailable);
+    }, 90_000);
+  },
+);
+
+describe.skipIf(!redisInstalled)(
+  'outages of RedisStore (a private redis-server behind a blackholed TCP proxy)',
+  () => {
+    let redis: PrivateRedis | undefined;
+    let proxy: TcpProxy | undefined;
+    let env: StoreEnv | undefined;
+    let servers: Server[] = [];
+
+    beforeAll(async () => {
+      redis = await PrivateRedis.start();
+      proxy = await TcpProxy.start({ host: '127.0.0.1', port: redis.port });
+      env = redisEnv(`redis://127.0.0.1:${proxy.port}`);
+      servers = await startServers(2, {
+        ...env.config,
+        storeTimeoutMs: STORE_TIMEOUT_MS,
+        lockTimeoutMs: LEASE_MS,
+        events: ['store_error'],
+      });
+    }, 60_000);
+
+    afterAll(async () => {
+      dropAgents(servers);
+      await killAll();
+      await proxy?.close();
+      await env?.cleanup();
+      await redis?.kill();
+    });
+
+    it('S2: Redis blackholed (commands hang, no error) → 503 once storeTimeoutMs passes, no handler runs; restored → served again', async () => {
+      const { unavailable } = await outage(
+        servers,
+        () => proxy!.blackhole(),
+        () => proxy!.restore(),
+      );
+      expect(unavailable.length).toBeGreaterThanOrEqual(10);
+      // ioredis has no command timeout of its own: only the engine's storeTimeoutMs answered.
+      const names = servers.flatMap((s) =>
+        s.child
+          .drain<{ type: 'event'; event: { error?: { name: string } } }>('event')
+          .map((m) => m.event.error?.name),
+      );
+      expect(names.filter((name) => name === 'StoreTimeoutError').length).toBeGreaterThanOrEqual(
+        unavailable.length,
+      );
       await retryAfterRecovery(servers, unavailable);
     }, 90_000);
   },
