@@ -44,7 +44,7 @@ import {
 
 const flags = parseFlags();
 const info = machine();
-const parts = flags.only ?? ['throughput', 'scale', 'sweep'];
+const parts = flags.only ?? ['roundtrips', 'throughput', 'scale', 'sweep'];
 const scaleArg = process.argv.find((a) => a.startsWith('--scale='));
 const BIG = scaleArg ? Number(scaleArg.split('=')[1]) : flags.quick ? 100_000 : 1_000_000;
 const SMALL = 10_000;
@@ -116,6 +116,58 @@ const sections = [header('Stores', flags, info)];
 const data = { info, flags, big: BIG };
 
 try {
+  if (parts.includes('roundtrips')) {
+    // Exact counts, not load: N new keys, then N replays, one at a time, counted at the driver.
+    const N = 200;
+    const schema = await newSchema('rt');
+    const rows = [];
+    data.roundtrips = {};
+    for (const [name, config] of [
+      ['SQLite', { store: 'sqlite', sqlitePath: join(dir, 'rt.db'), sweepIntervalMs: 0 }],
+      ['Redis', { store: 'redis', redisUrl: REDIS_URL, redisPrefix }],
+      ['PostgreSQL', { store: 'postgres', postgresUrl: POSTGRES_URL, schema, sweepIntervalMs: 0 }],
+    ]) {
+      const server = await startServer('store.mjs', { ...config, countTrips: true });
+      try {
+        const keys = warmKeyList(keyPrefix(), N);
+        const before = await server.call('trips');
+        await warmKeys(server.url, keys.slice(0, N - 1)); // N - 1 new keys, then 1 replay of the first
+        const mid = await server.call('trips');
+        for (const key of keys.slice(0, N - 1)) await warmKeys(server.url, [key]); // 2 replays each
+        const after = await server.call('trips');
+        const per = (from, to, n) =>
+          Object.keys(to)
+            .filter((k) => (to[k] ?? 0) - (from[k] ?? 0) > 0)
+            .map((k) => `${k} ×${fmt(((to[k] ?? 0) - (from[k] ?? 0)) / n, 2)}`)
+            .join(', ');
+        // Phase 1: N-1 new keys + 1 replay; phase 2: 2(N-1) replays. Replays per request from phase 2,
+        // new keys from phase 1 less the one replay.
+        const replayTotal =
+          Object.values(after).reduce((a, b) => a + b, 0) - Object.values(mid).reduce((a, b) => a + b, 0);
+        const replayPer = replayTotal / (2 * (N - 1));
+        const newTotal =
+          Object.values(mid).reduce((a, b) => a + b, 0) - Object.values(before).reduce((a, b) => a + b, 0);
+        const newPer = (newTotal - replayPer) / (N - 1);
+        data.roundtrips[name] = { before, mid, after };
+        rows.push([
+          name,
+          fmt(newPer, 2),
+          per(before, mid, N),
+          fmt(replayPer, 2),
+          per(mid, after, 2 * (N - 1)),
+        ]);
+      } finally {
+        await server.close();
+      }
+    }
+    sections.push(
+      '### Round trips to the backend per request (counted at the driver)',
+      '',
+      markdownTable(['store', 'new key', 'of which (per request)', 'replay', 'of which (per request)'], rows),
+      '',
+    );
+  }
+
   if (parts.includes('throughput')) {
     const pgSchema = await newSchema('tp');
     const stores = [

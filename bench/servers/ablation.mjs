@@ -28,6 +28,28 @@ runChild(async ({ variant }) => {
         res.end(body);
       });
     };
+  } else if (variant === 'iterate') {
+    // oncely's body reader (req.iterator + readLimited + re-arm), answering from those bytes
+    // without reading the re-armed body again.
+    listener = (req, res) => {
+      new NodeRequest(req, req).readBody(1 << 20).then((bytes) => {
+        const body = JSON.stringify(order(JSON.parse(Buffer.from(bytes).toString())));
+        res.writeHead(201, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      });
+    };
+  } else if (variant === 'listenRearm') {
+    // Read the body with plain 'data'/'end' listeners, re-arm it (oncely's rearmBody), re-read it.
+    listener = (req, res) => {
+      const chunks = [];
+      const onData = (chunk) => chunks.push(chunk);
+      req.on('data', onData);
+      req.once('end', () => {
+        req.off('data', onData);
+        rearmBody(req, Buffer.concat(chunks));
+        bareHandler(req, res);
+      });
+    };
   } else if (variant === 'rearm') {
     listener = (req, res) => {
       new NodeRequest(req, req).readBody(1 << 20).then(() => bareHandler(req, res));
@@ -46,7 +68,8 @@ runChild(async ({ variant }) => {
         bareHandler(req, res);
       });
     };
-  } else listener = withIdempotency(bareHandler, { store: new MemoryStore() });
+  } else if (variant === 'oncely') listener = withIdempotency(bareHandler, { store: new MemoryStore() });
+  else throw new Error(`unknown variant ${variant}`);
   const server = createServer(listener);
   return { listen: () => listen(server), close: () => closeServer(server) };
 });

@@ -11,6 +11,12 @@ import { MemoryStore } from '../../dist/index.js';
 import { closeServer, listen, runChild } from '../lib/child.mjs';
 import { bareHandler } from '../lib/handler.mjs';
 
+/** Round trips to the backend, counted at the driver: Redis commands, SQL statements. */
+const trips = {};
+const count = (name) => {
+  trips[name] = (trips[name] ?? 0) + 1;
+};
+
 async function openStore(config) {
   const sweepIntervalMs = config.sweepIntervalMs ?? 60_000;
   switch (config.store) {
@@ -20,6 +26,20 @@ async function openStore(config) {
     }
     case 'sqlite': {
       const { SqliteStore } = await import('../../dist/stores/sqlite.js');
+      if (config.countTrips) {
+        // Every statement execution is one call into SQLite, BEGIN and COMMIT of a transaction included.
+        const Database = (await import('better-sqlite3')).default;
+        const probe = new Database(':memory:');
+        const Statement = Object.getPrototypeOf(probe.prepare('SELECT 1'));
+        probe.close();
+        for (const method of ['run', 'get', 'all']) {
+          const original = Statement[method];
+          Statement[method] = function (...args) {
+            count(`sqlite ${this.source.trim().split(/\s+/)[0].toUpperCase()}`);
+            return original.apply(this, args);
+          };
+        }
+      }
       const store = new SqliteStore({
         path: config.sqlitePath,
         synchronous: config.synchronous,
@@ -31,6 +51,13 @@ async function openStore(config) {
       const { RedisStore } = await import('../../dist/stores/redis.js');
       const { Redis } = await import('ioredis');
       const client = new Redis(config.redisUrl);
+      if (config.countTrips) {
+        const send = client.sendCommand.bind(client);
+        client.sendCommand = (command, ...rest) => {
+          count(`redis ${command.name.toUpperCase()}`);
+          return send(command, ...rest);
+        };
+      }
       const store = new RedisStore({ client, prefix: config.redisPrefix });
       return {
         store,
@@ -44,6 +71,14 @@ async function openStore(config) {
       const { PostgresStore } = await import('../../dist/stores/postgres.js');
       const pg = (await import('pg')).default;
       const pool = new pg.Pool({ connectionString: config.postgresUrl, max: 10 });
+      if (config.countTrips) {
+        const query = pool.query.bind(pool);
+        pool.query = (statement, ...rest) => {
+          const text = typeof statement === 'string' ? statement : statement.text;
+          count(`postgres ${text.trim().split(/\s+/)[0].toUpperCase()}`);
+          return query(statement, ...rest);
+        };
+      }
       const store = new PostgresStore({ pool, schema: config.schema, sweepIntervalMs });
       await store.migrate();
       return {
@@ -70,6 +105,7 @@ runChild(async (config) => {
       await opened?.close();
     },
     commands: {
+      trips: () => ({ ...trips }),
       async sweep(mode) {
         const started = performance.now();
         let removed = 0;
