@@ -35,7 +35,7 @@ const RUNTIME_PEERS = {
   'oncely/fetch': [],
   'oncely/node': [],
   'oncely/express': ['express'],
-  'oncely/fastify': ['fastify', 'fastify-plugin'],
+  'oncely/fastify': ['fastify'],
   'oncely/hono': ['hono'],
   'oncely/koa': ['koa'],
   'oncely/nestjs': ['@nestjs/common', '@nestjs/core', 'rxjs'],
@@ -52,7 +52,6 @@ const RUNTIME_PEERS = {
 const CONSUMER_PACKAGES = [
   'express',
   'fastify',
-  'fastify-plugin',
   'hono',
   '@hono/node-server',
   'koa',
