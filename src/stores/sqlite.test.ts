@@ -297,7 +297,7 @@ describe('SqliteStore', () => {
       for (let i = 0; i < 1200; i++) insert.run('scope', `expired-${i}`, 'fp', 't', 1 + i);
       insert.run('scope', 'live', 'fp', 't', Date.now() + 60_000);
     })();
-    expect(await store.sweep(1100)).toBe(1100);
+    expect(await store.sweep(1100.5)).toBe(1100);
     expect(await store.sweep()).toBe(100);
     expect(await store.sweep()).toBe(0);
     expect((await store.get('scope', 'live'))?.state).toBe('in-flight');

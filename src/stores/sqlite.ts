@@ -310,9 +310,10 @@ export class SqliteStore implements Store {
   async sweep(limit = Number.POSITIVE_INFINITY): Promise<number> {
     this.#open();
     const now = Date.now();
+    const max = Math.floor(limit);
     let removed = 0;
-    while (removed < limit) {
-      const batch = Math.min(SWEEP_BATCH, limit - removed);
+    while (removed < max) {
+      const batch = Math.min(SWEEP_BATCH, max - removed);
       const { changes } = this.#sweep.run(now, batch);
       removed += changes;
       if (changes < batch) break;
