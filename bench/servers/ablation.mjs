@@ -1,11 +1,11 @@
 /**
  * Ablation server for hunting the core's hot spots (bench/ablation.mjs): config.variant
  * 'bare' | 'bareBuffer' (body sent as bytes after writeHead) | 'iterate' (oncely's body reader
- * alone) | 'listenRearm' ('data' listeners, then oncely's re-arm and a second read) | 'rearm' (read the body with oncely's reader and re-arm
- * it, no engine) | 'capture' (rearm + a no-op Execution-like capture of the response) | 'oncely'.
+ * alone) | 'rearm' (read the body with oncely's reader and re-arm
+ * it, no engine) | 'capture' (rearm + a no-op Execution-like capture of the response) | 'oncely' | 'oncelyNoTimer' (Engine.callStore's timeout bypassed).
  */
 import { createServer } from 'node:http';
-import { captureResponse, NodeRequest, rearmBody } from '../../dist/adapters/_node-http.js';
+import { captureResponse, NodeRequest } from '../../dist/adapters/_node-http.js';
 import { withIdempotency } from '../../dist/adapters/node.js';
 import { MemoryStore } from '../../dist/index.js';
 import { closeServer, listen, runChild } from '../lib/child.mjs';
@@ -38,18 +38,6 @@ runChild(async ({ variant }) => {
         res.end(body);
       });
     };
-  } else if (variant === 'listenRearm') {
-    // Read the body with plain 'data'/'end' listeners, re-arm it (oncely's rearmBody), re-read it.
-    listener = (req, res) => {
-      const chunks = [];
-      const onData = (chunk) => chunks.push(chunk);
-      req.on('data', onData);
-      req.once('end', () => {
-        req.off('data', onData);
-        rearmBody(req, Buffer.concat(chunks));
-        bareHandler(req, res);
-      });
-    };
   } else if (variant === 'rearm') {
     listener = (req, res) => {
       new NodeRequest(req, req).readBody(1 << 20).then(() => bareHandler(req, res));
@@ -69,7 +57,11 @@ runChild(async ({ variant }) => {
       });
     };
   } else if (variant === 'oncely') listener = withIdempotency(bareHandler, { store: new MemoryStore() });
-  else throw new Error(`unknown variant ${variant}`);
+  else if (variant === 'oncelyNoTimer') {
+    // oncely with Engine.callStore's per-call timeout (setTimeout + Promise.race) bypassed.
+    listener = withIdempotency(bareHandler, { store: new MemoryStore() });
+    listener.engine.callStore = (_operation, call) => call();
+  } else throw new Error(`unknown variant ${variant}`);
   const server = createServer(listener);
   return { listen: () => listen(server), close: () => closeServer(server) };
 });
