@@ -18,7 +18,7 @@ import {
   writeResults,
 } from './lib/harness.mjs';
 
-const flags = parseFlags();
+const flags = parseFlags(process.argv.slice(2), { duration: 3 });
 const info = machine();
 const scenarios = ['new', 'replay', 'nokey'];
 const frameworks = {

@@ -42,7 +42,7 @@ import {
   writeResults,
 } from './lib/harness.mjs';
 
-const flags = parseFlags();
+const flags = parseFlags(process.argv.slice(2), { duration: 3 });
 const info = machine();
 const parts = flags.only ?? ['roundtrips', 'throughput', 'scale', 'sweep'];
 const scaleArg = process.argv.find((a) => a.startsWith('--scale='));

@@ -15,7 +15,11 @@ import { PATH, REQUEST_BODY } from './handler.mjs';
 export const BENCH_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 /** Command-line flags shared by every benchmark. */
-export function parseFlags(argv = process.argv.slice(2)) {
+/**
+ * @param defaults.duration seconds of measured load per run in a full run (default 5); benchmarks
+ *   with many variants choose less so the whole benchmark stays within minutes
+ */
+export function parseFlags(argv = process.argv.slice(2), defaults = {}) {
   const flags = {
     quick: argv.includes('--quick'),
     rounds: undefined,
@@ -32,7 +36,7 @@ export function parseFlags(argv = process.argv.slice(2)) {
     else if (name === '--only') flags.only = value.split(',');
   }
   flags.rounds ??= flags.quick ? 2 : 5;
-  flags.duration ??= flags.quick ? 2 : 5; // seconds of measured load per run
+  flags.duration ??= flags.quick ? 2 : (defaults.duration ?? 5); // seconds of measured load per run
   flags.warmup = flags.quick ? 0.5 : 1; // seconds of unmeasured load before each run (JIT, pools)
   return flags;
 }
