@@ -305,6 +305,25 @@ describe('SqliteStore', () => {
     database.close();
   });
 
+  it('T2: sweep() yields to the event loop between batches, so a backlog never stalls requests', async () => {
+    const database = new Database(':memory:');
+    const store = new SqliteStore({ database, sweepIntervalMs: 0 });
+    const insert = database.prepare(
+      'INSERT INTO oncely_records_v1 (scope, key, fingerprint, token, updated_at, expires_at) VALUES (?, ?, ?, ?, 0, ?)',
+    );
+    database.transaction(() => {
+      for (let i = 0; i < 1500; i++) insert.run('scope', `expired-${i}`, 'fp', 't', 1 + i);
+    })();
+    const count = database.prepare('SELECT count(*) AS n FROM oncely_records_v1').pluck();
+    const seen: number[] = [];
+    // An immediate callback queued now runs after the first batch, before the sweep finishes.
+    setImmediate(() => seen.push(count.get() as number));
+    expect(await store.sweep()).toBe(1500);
+    expect(seen).toEqual([1000]);
+    await store.close();
+    database.close();
+  });
+
   it('T2: the background sweep deletes expired rows on its own', async () => {
     const database = new Database(':memory:');
     const store = new SqliteStore({ database, sweepIntervalMs: 20 });

@@ -305,7 +305,8 @@ export class SqliteStore implements Store {
 
   /**
    * T2: delete up to `limit` expired records, oldest expiry first, in statements of at most 500 rows
-   * (each its own short write transaction, so other processes are not held up).
+   * (each its own short write transaction, so other processes are not held up), yielding to the
+   * event loop between statements so a large backlog never stalls requests in this process.
    */
   async sweep(limit = Number.POSITIVE_INFINITY): Promise<number> {
     this.#open();
@@ -316,7 +317,8 @@ export class SqliteStore implements Store {
       const batch = Math.min(SWEEP_BATCH, max - removed);
       const { changes } = this.#sweep.run(now, batch);
       removed += changes;
-      if (changes < batch) break;
+      if (changes < batch || this.#closed) break;
+      await new Promise((resolve) => setImmediate(resolve));
     }
     return removed;
   }
