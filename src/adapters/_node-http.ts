@@ -2,7 +2,12 @@
  * @module Shared by the adapters built on node:http (node, Express, Koa, NestJS): reading the body
  * so the app can read it again, capturing every way a response leaves, writing engine responses.
  */
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import {
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  OutgoingMessage,
+  type ServerResponse,
+} from 'node:http';
 import { Readable } from 'node:stream';
 import { readLimited } from '../core/body.js';
 import type { Execution, IncomingRequest, OutgoingResponse } from '../core/engine.js';
@@ -102,6 +107,17 @@ type Write = (chunk: unknown, encoding?: unknown, callback?: unknown) => boolean
 type End = (chunk?: unknown, encoding?: unknown, callback?: unknown) => ServerResponse;
 type WriteHead = (...args: unknown[]) => ServerResponse;
 
+// While a response is buffered, `res.headersSent` must read true once the handler wrote (see
+// captureResponse). One accessor shared by every captured response, reading a flag on it: a
+// per-response getter closure would give each response its own hidden class, and every access
+// node's http internals make to it would go megamorphic.
+const kHeadersSent = Symbol('oncely.headersSent');
+type Captured = ServerResponse & { [kHeadersSent]?: boolean };
+const nodeHeadersSent = Object.getOwnPropertyDescriptor(OutgoingMessage.prototype, 'headersSent')?.get;
+function capturedHeadersSent(this: Captured): boolean {
+  return this[kHeadersSent] === true || nodeHeadersSent?.call(this) === true;
+}
+
 /**
  * Capture what a handler writes to `res` — `writeHead`, `setHeader`, `write`, `end`, pipes — and
  * hand the complete response to `execution` before any byte reaches the client (R6). Bodies over
@@ -117,22 +133,29 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
   let mode: 'buffer' | 'switching' | 'stream' | 'ended' = 'buffer';
   const queued: Array<() => void> = [];
 
+  const captured = res as Captured;
+  // Shape changes happen here once, in the same order for every response (no defineProperty per
+  // write, no delete): node's http internals keep seeing one hidden class.
+  captured[kHeadersSent] = false;
+  Object.defineProperty(res, 'headersSent', { configurable: true, get: capturedHeadersSent });
+
   const restore = () => {
     res.write = original.write;
     res.end = original.end;
     res.writeHead = original.writeHead;
     res.destroy = original.destroy;
-    // Back to node's own getter (an own property shadows the prototype's).
-    delete (res as { headersSent?: boolean }).headersSent;
+    // Back to node's own answer.
+    captured[kHeadersSent] = false;
   };
 
   // Once the handler has written its head or body, node would report the headers as sent; frameworks
   // read that to choose between writing an error response and aborting (Express's final handler,
   // Koa's ctx.onerror). Report the same while buffering, so an error after the first byte aborts the
   // response instead of being appended to it.
+  let committed = false;
   const commit = () => {
-    if (Object.hasOwn(res, 'headersSent')) return;
-    Object.defineProperty(res, 'headersSent', { configurable: true, get: () => true });
+    committed = true;
+    captured[kHeadersSent] = true;
   };
 
   // R3: the app aborted the response (pipeline() does on a failing stream) before it completed:
@@ -142,7 +165,7 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
     mode = 'ended';
     // Nothing reached the wire, so as in node no headers count as sent; what the framework writes
     // until the problem is recorded is dropped with the connection.
-    delete (res as { headersSent?: boolean }).headersSent;
+    captured[kHeadersSent] = false;
     execution.fail(error).then(() => {
       restore();
       original.destroy.call(res, error);
@@ -152,7 +175,7 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
   res.once('close', () => {
     // R3: the connection closed after the handler began writing (a framework aborting an error
     // after "headers sent", or the client leaving): the response cannot complete.
-    if (mode !== 'buffer' || !Object.hasOwn(res, 'headersSent')) return;
+    if (mode !== 'buffer' || !committed) return;
     mode = 'ended';
     restore();
     void execution.fail(new Error('the connection closed before the response completed'));
@@ -243,14 +266,15 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
       size += buffer.byteLength;
     }
     const done = callbackOf(encoding, callback);
-    if (size > execution.maxResponseBytes || execution.streams(headerMap(res.getHeaders()))) {
+    const headers = headerMap(res.getHeaders());
+    if (size > execution.maxResponseBytes || execution.streams(headers)) {
       switchToStream();
       queued.push(() => (original.end as End).call(res, undefined, undefined, done));
       return res;
     }
     mode = 'ended';
     const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-    const response: OutgoingResponse = { status: res.statusCode, headers: headerMap(res.getHeaders()), body };
+    const response: OutgoingResponse = { status: res.statusCode, headers, body };
     // R6: recorded before the first byte is released.
     execution.complete(response).then(() => {
       restore();
