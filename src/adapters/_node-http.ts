@@ -38,23 +38,87 @@ export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> 
     return Array.isArray(value) ? value.join(', ') : value;
   }
 
-  async readBody(limit: number): Promise<Uint8Array> {
+  readBody(limit: number): Promise<Uint8Array> {
     const req = this.req;
     if (this.parsedBody !== undefined && (req.readableDidRead || req.readableEnded)) {
       // Something read the stream before us: its bytes are gone, fingerprint what was made of them.
       const body = parsedBodyBytes(this.parsedBody());
-      if (body.byteLength > limit) throw new RequestTooLargeError(limit);
-      return body;
+      if (body.byteLength > limit) return Promise.reject(new RequestTooLargeError(limit));
+      return Promise.resolve(body);
     }
-    // Not `for await (… of req)`: at the end it destroys the message (a later 'close' makes body
-    // parsers give up) and leaves its 'readable' listener behind (which stops 'data' readers from
-    // flowing). This iterator detaches cleanly, so the re-armed body reads like a fresh one.
-    const chunks = req.iterator({ destroyOnReturn: false });
-    const body = await readLimited(chunks, limit, req.headers['content-length']);
-    rearmBody(req, body);
-    return body;
+    const declared = req.headers['content-length'];
+    if (declared !== undefined && Number(declared) > limit) {
+      return Promise.reject(new RequestTooLargeError(limit));
+    }
+    if (req.readableEnded || req.destroyed) return readByIterator(req, limit);
+    return readByListeners(req, limit);
   }
 }
+
+/**
+ * The usual case, a message still to be read: 'data'/'end' listeners, removed before the body is
+ * re-armed. Cheaper per request than an async iterator (no iterator, no end-of-stream watcher, no
+ * promise per chunk). Not `for await (… of req)`: at the end it destroys the message (a later
+ * 'close' makes body parsers give up).
+ */
+function readByListeners(req: IncomingMessage, limit: number): Promise<Uint8Array> {
+  return new Promise<Uint8Array>((resolve, reject) => {
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    const cleanup = () => {
+      req.removeListener('data', onData);
+      req.removeListener('end', onEnd);
+      req.removeListener('error', onError);
+      req.removeListener('close', onClose);
+    };
+    const onData = (chunk: Uint8Array | string) => {
+      const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+      size += bytes.byteLength;
+      if (size > limit) {
+        cleanup();
+        // R7: stop reading, as an iterator left mid-body would.
+        req.pause();
+        reject(new RequestTooLargeError(limit));
+        return;
+      }
+      chunks.push(bytes);
+    };
+    const onEnd = () => {
+      cleanup();
+      const body =
+        chunks.length === 0 ? EMPTY : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+      // Re-arm only once node is done with the ended message: right after 'end' it auto-destroys
+      // it and emits 'close' a few ticks later, all before this microtask runs. Swapped in any
+      // earlier, the fresh state would be destroyed (and the socket with it, as "aborted").
+      queueMicrotask(() => {
+        rearmBody(req, body);
+        resolve(body);
+      });
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(error);
+    };
+    const onClose = () => {
+      // 'close' before 'end': the client went away mid-body.
+      cleanup();
+      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+    req.on('close', onClose);
+  });
+}
+
+/** A message already ended or destroyed: an iterator reports either as node does. */
+async function readByIterator(req: IncomingMessage, limit: number): Promise<Uint8Array> {
+  const body = await readLimited(req.iterator({ destroyOnReturn: false }), limit);
+  rearmBody(req, body);
+  return body;
+}
+
+const EMPTY = new Uint8Array(0);
 
 /**
  * F1 when a body parser ran first: the bytes a parsed body stands for. A Buffer or Uint8Array
