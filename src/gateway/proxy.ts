@@ -2,20 +2,19 @@
  * @module The gateway's proxy: an adapter whose "handler" is an upstream HTTP call (undici).
  * Keyed requests go through the engine (G1, G2); everything else is streamed untouched (G3).
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { finished, pipeline } from 'node:stream/promises';
 import { TLSSocket } from 'node:tls';
 import { Pool } from 'undici';
 import { NodeRequest, writeResponse } from '../adapters/_node-http.js';
-import { type Engine, type Execution, PASS, problemResponse } from '../core/engine.js';
+import { Engine, type Execution, PASS, problemResponse } from '../core/engine.js';
 import {
   type IdempotencyError,
   UpstreamFailedError,
   UpstreamTimeoutError,
   UpstreamUnreachableError,
 } from '../core/errors.js';
-import type { EngineEvent } from '../core/events.js';
+import type { EngineEvent, EngineEventType } from '../core/events.js';
 import type { HeaderMap } from '../core/store.js';
 
 // Hop-by-hop fields (RFC 9110 §7.6.1) are for one connection only: never forwarded either way.
@@ -52,11 +51,42 @@ export interface RequestNotes {
   code?: string;
 }
 
-const notes = new AsyncLocalStorage<RequestNotes>();
+// Notes by request, and the notes of the event being reported. No AsyncLocalStorage: enabling it
+// installs async hooks that tax every promise in the process, unkeyed traffic included (G3).
+const notesByRequest = new WeakMap<IncomingMessage, RequestNotes>();
+let reporting: RequestNotes | undefined;
 
 /** The notes of the request whose engine event is being reported, if any. */
 export function currentNotes(): RequestNotes | undefined {
-  return notes.getStore();
+  return reporting;
+}
+
+/**
+ * The gateway's engine: an {@link Engine} that makes the proxy's notes on a request (upstream
+ * latency, G2 status) visible to its `onEvent` listener through {@link currentNotes}. Events are
+ * reported synchronously, so the notes are set exactly for the duration of one listener call.
+ *
+ * @example
+ * const engine = new GatewayEngine({ store, onEvent: (event) => log(event, currentNotes()) });
+ */
+export class GatewayEngine extends Engine<IncomingMessage> {
+  /** @internal */
+  override emit(
+    type: EngineEventType,
+    request: { method: string; url: string },
+    started: number,
+    storeMs: number,
+    extra: Partial<EngineEvent>,
+  ): void {
+    // Both the engine's request and the adapter's carry the IncomingMessage as `raw`.
+    const raw = (request as { raw?: unknown }).raw;
+    reporting = raw === undefined ? undefined : notesByRequest.get(raw as IncomingMessage);
+    try {
+      super.emit(type, request, started, storeMs, extra);
+    } finally {
+      reporting = undefined;
+    }
+  }
 }
 
 /** Options of {@link createProxy}. */
@@ -96,35 +126,34 @@ export function createProxy(options: ProxyOptions): Proxy {
   });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const requestNotes: RequestNotes = {};
-    await notes.run(requestNotes, async () => {
-      try {
-        const incoming = new BufferingRequest(req);
-        const decision = await engine.begin(incoming);
-        if (decision === PASS || decision.action === 'pass') {
-          options.onPass?.();
-          // A keyed request let through unprotected (fail-open, S2) was read already: send those bytes.
-          await passThrough(req, res, incoming.body);
-        } else if (decision.action === 'respond') {
-          writeResponse(res, decision.response);
-        } else {
-          const { execution } = decision;
-          try {
-            await execute(req, res, execution, requestNotes);
-          } catch (error) {
-            // A fault after the lock was won must still settle it (R3), or the lease would live on.
-            const problem = await execution.fail(error);
-            if (!res.headersSent) writeResponse(res, problem);
-            else res.destroy();
-          }
+    try {
+      const incoming = new BufferingRequest(req);
+      const decision = await engine.begin(incoming);
+      if (decision === PASS || decision.action === 'pass') {
+        options.onPass?.();
+        // A keyed request let through unprotected (fail-open, S2) was read already: send those bytes.
+        await passThrough(req, res, incoming.body);
+      } else if (decision.action === 'respond') {
+        writeResponse(res, decision.response);
+      } else {
+        const { execution } = decision;
+        const requestNotes: RequestNotes = {};
+        notesByRequest.set(req, requestNotes);
+        try {
+          await execute(req, res, execution, requestNotes);
+        } catch (error) {
+          // A fault after the lock was won must still settle it (R3), or the lease would live on.
+          const problem = await execution.fail(error);
+          if (!res.headersSent) writeResponse(res, problem);
+          else res.destroy();
         }
-      } catch {
-        // Only a fault in the gateway itself lands here; the client must still get an answer.
-        if (!res.headersSent) writeResponse(res, problemResponse(new UpstreamFailedError()));
-        else res.destroy();
       }
-      await finished(res).catch(() => {});
-    });
+    } catch {
+      // Only a fault in the gateway itself lands here; the client must still get an answer.
+      if (!res.headersSent) writeResponse(res, problemResponse(new UpstreamFailedError()));
+      else res.destroy();
+    }
+    await finished(res).catch(() => {});
   }
 
   /** G3: unkeyed traffic and other methods, streamed both ways without buffering. */

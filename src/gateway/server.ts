@@ -5,12 +5,11 @@
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type DestinationStream, type Logger, pino } from 'pino';
-import { Engine } from '../core/engine.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import type { Store } from '../core/store.js';
 import { GatewayMetrics, hostForUrl, scopeOf, startAdmin } from './admin.js';
 import { DEFAULT_UPSTREAM_TIMEOUT_MS, type GatewayConfig } from './config.js';
-import { createProxy, describeEvent } from './proxy.js';
+import { createProxy, describeEvent, GatewayEngine } from './proxy.js';
 import { type OpenedStore, openStore } from './stores.js';
 
 /** A running gateway. */
@@ -72,7 +71,7 @@ export async function startGateway(
   const scopeHeaders = settings.scopeHeaders;
 
   const { onEvent: userOnEvent, ...engineOptions } = runtime.engineOptions ?? {};
-  const engine = new Engine<IncomingMessage>({
+  const engine = new GatewayEngine({
     store,
     methods: settings.methods,
     required: settings.requireKey,
