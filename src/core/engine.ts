@@ -156,18 +156,30 @@ export class Engine<Raw = unknown> {
   /** Run one store call under `storeTimeoutMs` (S2: a hung store must not hang requests). */
   callStore<T>(operation: string, call: () => Promise<T>): Promise<T> {
     const ms = this.options.storeTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new StoreTimeoutError(operation, ms)), ms);
+    // One promise and one timer per call (no Promise.race + finally): this runs two or three times
+    // per keyed request.
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new StoreTimeoutError(operation, ms)), ms);
+      let result: Promise<T>;
+      try {
+        result = call();
+      } catch (error) {
+        clearTimeout(timer);
+        reject(error);
+        return;
+      }
+      // Promise.resolve: a store written in JavaScript may hand back a plain value.
+      Promise.resolve(result).then(
+        (value) => {
+          clearTimeout(timer);
+          resolve(value);
+        },
+        (error: unknown) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
     });
-    let result: Promise<T>;
-    try {
-      result = call();
-    } catch (error) {
-      clearTimeout(timer);
-      return Promise.reject(error);
-    }
-    return Promise.race([result, timeout]).finally(() => clearTimeout(timer));
   }
 
   /** @internal */
