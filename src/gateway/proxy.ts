@@ -3,6 +3,7 @@
  * Keyed requests go through the engine (G1, G2); everything else is streamed untouched (G3).
  */
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import { TLSSocket } from 'node:tls';
 import { Pool } from 'undici';
@@ -153,7 +154,8 @@ export function createProxy(options: ProxyOptions): Proxy {
       if (!res.headersSent) writeResponse(res, problemResponse(new UpstreamFailedError()));
       else res.destroy();
     }
-    await finished(res).catch(() => {});
+    // Already finished on the common paths; waiting on it anyway costs listeners and a tick.
+    if (!res.writableFinished) await finished(res).catch(() => {});
   }
 
   /** G3: unkeyed traffic and other methods, streamed both ways without buffering. */
@@ -183,12 +185,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     }
     options.onUpstream?.(performance.now() - started, 'ok');
     res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
-    try {
-      await pipeline(upstream.body, res);
-    } catch {
-      // The stream broke after the head went out: all we can do is cut the response off.
-      res.destroy();
-    }
+    await relay(upstream.body, res);
   }
 
   /** The request won the lock: call the upstream, record what it answered, then release it (R6). */
@@ -286,6 +283,35 @@ export function createProxy(options: ProxyOptions): Proxy {
   };
 }
 
+/**
+ * G3: stream the upstream's body to the client with backpressure. What `pipeline` does here, without
+ * its per-call AbortController (whose abort builds a DOMException with a stack trace per response).
+ * Never rejects: if either side breaks, both are torn down.
+ */
+function relay(body: Readable, res: ServerResponse): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const broke = () => {
+      // The stream broke after the head went out: all we can do is cut the response off.
+      res.destroy();
+      resolve();
+    };
+    // Kept after the end: destroying the body below makes undici emit an abort error.
+    body.on('error', broke);
+    if (res.destroyed) {
+      // The client is gone already: its 'close' has been emitted, do not wait for it.
+      body.destroy();
+      resolve();
+      return;
+    }
+    res.once('close', () => {
+      // The client went away before the end: stop reading from the upstream.
+      if (!res.writableFinished) body.destroy();
+      resolve();
+    });
+    body.pipe(res);
+  });
+}
+
 /** The engine's view of the request, remembering the body once the engine has read it. */
 class BufferingRequest extends NodeRequest<IncomingMessage> {
   body: Uint8Array | undefined;
@@ -322,9 +348,17 @@ function errorCode(error: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
+const NO_TOKENS: ReadonlySet<string> = new Set();
+const KEEP_ALIVE: ReadonlySet<string> = new Set(['keep-alive']);
+const CLOSE: ReadonlySet<string> = new Set(['close']);
+
 /** Fields named in `Connection` are hop-by-hop too. */
-function connectionTokens(value: string | string[] | undefined): Set<string> {
-  const text = Array.isArray(value) ? value.join(',') : (value ?? '');
+function connectionTokens(value: string | string[] | undefined): ReadonlySet<string> {
+  // The usual values, without splitting and allocating per request.
+  if (value === undefined) return NO_TOKENS;
+  if (value === 'keep-alive') return KEEP_ALIVE;
+  if (value === 'close') return CLOSE;
+  const text = Array.isArray(value) ? value.join(',') : value;
   return new Set(
     text
       .toLowerCase()
