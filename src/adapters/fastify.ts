@@ -12,8 +12,8 @@ import type {
   RouteOptions,
 } from 'fastify';
 import fp from 'fastify-plugin';
-import { readLimited } from '../core/body.js';
 import { Engine, type Execution, type IncomingRequest, PASS } from '../core/engine.js';
+import { RequestTooLargeError } from '../core/errors.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import type { Store } from '../core/store.js';
 import { MemoryStore } from '../stores/memory.js';
@@ -44,24 +44,16 @@ function routeHooks(engine: Engine<FastifyRequest>) {
   // Callback style, not async: Fastify only stops the chain on `reply.send()` from a hook reliably
   // when `done` is never called; an async hook would resolve and let parsing go on.
   const preParsing: preParsingHookHandler = function oncelyPreParsing(request, reply, payload, done) {
-    let read: Uint8Array | undefined;
-    const incoming: IncomingRequest<FastifyRequest> = {
-      method: request.method,
-      url: request.url,
-      header: (name) => joined(request.headers[name]),
-      // F1: the fingerprint takes the raw bytes, read under the R7 limit before Fastify parses them.
-      readBody: async (limit) => {
-        read = await readLimited(payload, limit, request.headers['content-length']);
-        return read;
-      },
-      raw: request,
-    };
+    const incoming = new FastifyIncoming(request, payload);
     const decision = engine.begin(incoming);
     if (decision === PASS) return done(null, payload);
     Promise.resolve(decision).then(
       (decided) => {
         // S2 fail-open: the handler runs unprotected, with the body oncely already read.
-        if (decided.action === 'pass') return done(null, read === undefined ? payload : replayable(read));
+        if (decided.action === 'pass') {
+          const read = incoming.read;
+          return done(null, read === undefined ? payload : new Replayable(read));
+        }
         if (decided.action === 'respond') {
           const { status, headers, body } = decided.response;
           states.set(request, { kind: 'answered', contentType: headers['content-type'] !== undefined });
@@ -72,40 +64,139 @@ function routeHooks(engine: Engine<FastifyRequest>) {
           return;
         }
         states.set(request, { kind: 'executing', execution: decided.execution });
-        const body = decided.execution.request.body;
         // The body was read for the fingerprint; hand Fastify the same bytes to parse.
-        done(null, replayable(body));
+        done(null, new Replayable(decided.execution.request.body));
       },
       (error: Error) => done(error),
     );
   };
 
-  const onSend: onSendHookHandler<unknown> = async function oncelyOnSend(request, reply, payload) {
+  // Callback style, not async: unkeyed requests (no state) then cost a WeakMap look-up, not a
+  // promise and a microtask hop before Fastify writes the reply.
+  const onSend: onSendHookHandler<unknown> = function oncelyOnSend(request, reply, payload, done) {
     const state = states.get(request);
-    if (state === undefined) return payload;
+    if (state === undefined) return done(null, payload);
     states.delete(request);
     if (state.kind === 'answered') {
       // R2: Fastify adds a default Content-Type to a Buffer; a replay keeps the recorded headers only.
       if (!state.contentType) reply.removeHeader('content-type');
-      return payload;
+      return done(null, payload);
     }
-    return record(state.execution, reply, payload);
+    record(state.execution, reply, payload).then((recorded) => done(null, recorded), done);
   };
 
   // A reply that never passed onSend (hijacked and written raw) still settles the key, so a retry
   // never re-runs the handler (R3, L5).
-  const onResponse: onResponseHookHandler = async function oncelyOnResponse(request) {
+  const onResponse: onResponseHookHandler = function oncelyOnResponse(request, _reply, done) {
     const state = states.get(request);
+    if (state === undefined) return done();
     states.delete(request);
-    if (state?.kind === 'executing') await state.execution.fail(new Error('reply bypassed onSend'));
+    if (state.kind !== 'executing') return done();
+    state.execution.fail(new Error('reply bypassed onSend')).then(() => done(), done);
   };
 
   return { preParsing, onSend, onResponse };
 }
 
-/** The body oncely read, as a fresh stream for Fastify's content-type parsers. */
-function replayable(body: Uint8Array): Readable {
-  return Readable.from(body.byteLength === 0 ? [] : [Buffer.from(body)], { objectMode: false });
+/** The engine's view of a Fastify request; a class, so unkeyed requests allocate one small object. */
+class FastifyIncoming implements IncomingRequest<FastifyRequest> {
+  readonly method: string;
+  readonly url: string;
+  /** The body, once the engine has read it. */
+  read: Uint8Array | undefined;
+
+  constructor(
+    readonly raw: FastifyRequest,
+    private readonly payload: Readable,
+  ) {
+    this.method = raw.method;
+    this.url = raw.url;
+  }
+
+  header(name: string): string | undefined {
+    return joined(this.raw.headers[name]);
+  }
+
+  // F1: the fingerprint takes the raw bytes, read under the R7 limit before Fastify parses them.
+  async readBody(limit: number): Promise<Uint8Array> {
+    this.read = await readStream(this.payload, limit, this.raw.headers['content-length']);
+    return this.read;
+  }
+}
+
+/**
+ * Read a node stream to its end under `limit` bytes (R7) with plain listeners: an async iterator
+ * costs a promise per chunk and an end-of-stream watcher per request. Past the limit the rest is
+ * drained unread.
+ */
+function readStream(
+  stream: Readable,
+  limit: number,
+  declaredLength: string | undefined,
+): Promise<Uint8Array> {
+  if (declaredLength !== undefined && Number(declaredLength) > limit) {
+    return Promise.reject(new RequestTooLargeError(limit));
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const cleanup = () => {
+      stream.off('data', onData);
+      stream.off('end', onEnd);
+      stream.off('error', onError);
+      stream.off('close', onClose);
+    };
+    const onData = (chunk: Buffer | string) => {
+      const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+      size += bytes.byteLength;
+      if (size > limit) {
+        cleanup();
+        // Keep it flowing: the rest drains unread and the connection stays usable for the 413.
+        stream.resume();
+        reject(new RequestTooLargeError(limit));
+        return;
+      }
+      chunks.push(bytes);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(chunks.length === 0 ? EMPTY : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(error);
+    };
+    const onClose = () => {
+      cleanup();
+      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    };
+    stream.on('data', onData);
+    stream.on('end', onEnd);
+    stream.on('error', onError);
+    stream.on('close', onClose);
+  });
+}
+
+/**
+ * The body oncely read, as a fresh stream for Fastify's content-type parsers: one push of the
+ * bytes, cheaper than `Readable.from`, which pulls through an async iterator.
+ */
+class Replayable extends Readable {
+  #body: Uint8Array | undefined;
+
+  constructor(body: Uint8Array) {
+    super();
+    this.#body = body;
+  }
+
+  override _read(): void {
+    const body = this.#body;
+    this.#body = undefined;
+    if (body !== undefined && body.byteLength > 0) {
+      this.push(Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength));
+    }
+    this.push(null);
+  }
 }
 
 function joined(value: string | string[] | undefined): string | undefined {
