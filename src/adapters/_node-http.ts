@@ -152,7 +152,20 @@ export function rearmBody(req: IncomingMessage, body: Uint8Array): void {
 export function writeResponse(res: ServerResponse, response: OutgoingResponse): void {
   const headers: OutgoingHttpHeaders = { ...response.headers, 'content-length': response.body.byteLength };
   res.writeHead(response.status, headers);
-  res.end(response.body);
+  const [chunk, encoding] = endArguments(response.body);
+  if (encoding === undefined) res.end(chunk);
+  else res.end(chunk, encoding);
+}
+
+// Up to this size a body is handed to node as a latin1 string: node then sends head and body as one
+// chunk, where a Buffer goes out as a second chunk of a writev (measurably dearer per response).
+// latin1 maps each byte to one character and back, so the bytes on the wire are unchanged.
+const COALESCE_LIMIT = 16 * 1024;
+
+/** The arguments of the final `end(chunk, encoding)` that sends `body` byte for byte. */
+function endArguments(body: Uint8Array): [Uint8Array | string, BufferEncoding | undefined] {
+  if (body.byteLength === 0 || body.byteLength > COALESCE_LIMIT) return [body, undefined];
+  return [Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('latin1'), 'latin1'];
 }
 
 /** node's header object, values normalised to strings. */
@@ -343,7 +356,8 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
     execution.complete(response).then(() => {
       restore();
       if (!res.hasHeader('transfer-encoding')) res.setHeader('content-length', body.byteLength);
-      (original.end as End).call(res, body, undefined, done);
+      const [chunk, encoding] = endArguments(body);
+      (original.end as End).call(res, chunk, encoding, done);
     });
     return res;
   } as End as typeof res.end;
