@@ -48,10 +48,17 @@ export function pathAndQuery(url: string): string {
 
 /** A Fetch `Response` from an engine response. */
 export function toFetchResponse(response: OutgoingResponse): Response {
-  const headers = new Headers();
-  for (const [name, value] of Object.entries(response.headers)) {
-    if (Array.isArray(value)) for (const item of value) headers.append(name, item);
-    else headers.set(name, value);
+  // A plain record when no field repeats: cheaper to build, and @hono/node-server writes it as is.
+  let headers: Record<string, string> | Headers = response.headers as Record<string, string>;
+  for (const name in response.headers) {
+    if (Array.isArray(response.headers[name])) {
+      headers = new Headers();
+      for (const [field, value] of Object.entries(response.headers)) {
+        if (Array.isArray(value)) for (const item of value) headers.append(field, item);
+        else headers.set(field, value);
+      }
+      break;
+    }
   }
   const body = response.body.byteLength === 0 || isNullBodyStatus(response.status) ? null : response.body;
   return new Response(body as BodyInit | null, { status: response.status, headers });
@@ -73,6 +80,14 @@ export function fetchHeaderMap(headers: Headers): HeaderMap {
  */
 export async function settleFetchResponse(execution: Execution, response: Response): Promise<Response> {
   const headers = fetchHeaderMap(response.headers);
+  const held = heldBody(response);
+  if (held !== undefined) {
+    // The body is already in memory and unread: record it and send the same response on.
+    // `complete` itself records only the head of an event stream or an oversized body (R7).
+    const body = typeof held === 'string' ? encoder.encode(held) : held;
+    await execution.complete({ status: response.status, headers, body });
+    return response;
+  }
   if (response.body === null || execution.streams(headers)) {
     if (response.body === null) {
       await execution.complete({ status: response.status, headers, body: new Uint8Array(0) });
@@ -146,6 +161,24 @@ export function withIdempotency<Args extends unknown[]>(
     return settleFetchResponse(execution, response);
   }
   return Object.assign(idempotentHandler, { engine });
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * The string or bytes a lightweight Response of @hono/node-server holds before anything reads it
+ * (its own `cache` slot: status, body, headers). Reading `body` would build a web stream over
+ * them, and re-sending them a second Response; undefined for every other Response.
+ */
+function heldBody(response: Response): string | Uint8Array | undefined {
+  for (const symbol of Object.getOwnPropertySymbols(response)) {
+    if (symbol.description !== 'cache') continue;
+    const cache = (response as unknown as Record<symbol, unknown>)[symbol];
+    if (!Array.isArray(cache) || cache.length !== 3 || cache[0] !== response.status) return undefined;
+    const body: unknown = cache[1];
+    return typeof body === 'string' || body instanceof Uint8Array ? body : undefined;
+  }
+  return undefined;
 }
 
 function isNullBodyStatus(status: number): boolean {
