@@ -197,6 +197,41 @@ describe('oncely/hono', () => {
       expect(second.headers.get('idempotent-replayed')).toBe('true');
       expect(runs).toBe(1);
     });
+    it('F1: on Node the handler reads the body oncely read, whether or not an earlier middleware built or read the Request', async () => {
+      const app = new Hono();
+      app.use('/signal', async (c, next) => {
+        void c.req.raw.signal; // builds the full Request without reading its body
+        await next();
+      });
+      app.use('/read', async (c, next) => {
+        await c.req.text(); // reads the body before oncely
+        await next();
+      });
+      app.use('*', idempotency());
+      app.post('*', async (c) => {
+        const raw = await c.req.raw.clone().text();
+        return c.text(`${++runs}:${await c.req.text()}:${raw}`);
+      });
+      const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+        const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
+      });
+      close = () => new Promise((resolve) => server.close(() => resolve()));
+      const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      for (const path of ['/plain', '/signal', '/read']) {
+        const init = {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'idempotency-key': `key-${path.slice(1)}-0001` },
+          body: '{"amount":7}',
+        };
+        const before = runs;
+        const first = await (await fetch(base + path, init)).text();
+        expect(first).toBe(`${before + 1}:{"amount":7}:{"amount":7}`);
+        const second = await fetch(base + path, init);
+        expect(await second.text()).toBe(first);
+        expect(second.headers.get('idempotent-replayed')).toBe('true');
+      }
+      expect(runs).toBe(3);
+    });
   });
 
   it('options are validated when the middleware is created', () => {

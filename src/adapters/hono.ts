@@ -6,7 +6,7 @@ import type { Context, MiddlewareHandler } from 'hono';
 import { Engine, type IncomingRequest, PASS } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
 import type { IdempotencyOptions } from '../core/options.js';
-import { FetchRequest, settleFetchResponse, toFetchResponse } from './fetch.js';
+import { FetchRequest, pathAndQuery, settleFetchResponse, toFetchResponse } from './fetch.js';
 
 /** Options of the middleware; `scope` and `fingerprint` receive Hono's `Context` as `raw`. */
 export type HonoIdempotencyOptions = IdempotencyOptions<Context>;
@@ -33,23 +33,14 @@ export function idempotency(
   const engine = new Engine<Context>(options);
 
   const idempotencyMiddleware: MiddlewareHandler = async function idempotencyMiddleware(c, next) {
-    const fetchRequest = new FetchRequest(c.req.raw);
-    let read: Uint8Array | undefined;
-    const incoming: IncomingRequest<Context> = {
-      method: fetchRequest.method,
-      url: fetchRequest.url,
-      header: (name) => fetchRequest.header(name),
-      readBody: async (limit) => (read = await readBody(c, fetchRequest, limit)),
-      raw: c,
-    };
+    const incoming = new HonoIncoming(c);
     const pending = engine.begin(incoming);
     if (pending === PASS) return next();
     const decision = await pending;
     if (decision.action === 'respond') return toFetchResponse(decision.response);
     // F1: the body was read for the fingerprint; give the handler a request it can read again
     // (also after an S2 fail-open pass). `c.req.json()` and friends read `c.req.raw`.
-    if (read !== undefined)
-      c.req.raw = new Request(c.req.raw, { body: read.byteLength === 0 ? null : (read as BodyInit) });
+    incoming.rearm();
     if (decision.action === 'pass') return next();
     const { execution } = decision;
     try {
@@ -61,12 +52,137 @@ export function idempotency(
       c.res = toFetchResponse(await execution.fail(error));
       return;
     }
-    const settled = await settleFetchResponse(execution, c.res);
+    const response = c.res;
+    const settled = await settleFetchResponse(execution, response);
+    if (settled === response) return;
     // Clear first: assigning over a response merges the old one's headers into the new one.
     c.res = undefined;
     c.res = settled;
   };
   return Object.assign(idempotencyMiddleware, { engine });
+}
+
+/** The engine's view of a Hono request. */
+class HonoIncoming implements IncomingRequest<Context> {
+  readonly method: string;
+  readonly url: string;
+  /** The body, once read; `viaNode` when it was read from Node's request and left there as `rawBody`. */
+  #read: Uint8Array | undefined;
+  #viaNode = false;
+
+  constructor(readonly raw: Context) {
+    this.method = raw.req.method;
+    this.url = pathAndQuery(raw.req.url);
+  }
+
+  header(name: string): string | undefined {
+    return this.raw.req.raw.headers.get(name) ?? undefined;
+  }
+
+  async readBody(limit: number): Promise<Uint8Array> {
+    const c = this.raw;
+    const node = unreadNodeRequest(c);
+    if (node !== undefined) {
+      const body = await readNodeBody(node, limit);
+      // @hono/node-server builds the handler's Request over `rawBody` when one is set, so the
+      // handler reads these bytes without a second Request and web stream.
+      node.rawBody = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+      this.#viaNode = true;
+      this.#read = body;
+      return body;
+    }
+    this.#read = await readBody(c, new FetchRequest(c.req.raw), limit);
+    return this.#read;
+  }
+
+  /** Make the body the engine consumed readable again for the handler. */
+  rearm(): void {
+    const read = this.#read;
+    if (read === undefined || this.#viaNode) return;
+    const c = this.raw;
+    c.req.raw = new Request(c.req.raw, { body: read.byteLength === 0 ? null : (read as BodyInit) });
+  }
+}
+
+/** What oncely uses of Node's request under @hono/node-server (`c.env.incoming`). */
+interface NodeBodyStream {
+  readonly readableDidRead: boolean;
+  readonly headers: Record<string, string | string[] | undefined>;
+  rawBody?: Buffer;
+  on(event: string, listener: (...args: never[]) => void): unknown;
+  off(event: string, listener: (...args: never[]) => void): unknown;
+  resume(): unknown;
+}
+
+/**
+ * Under @hono/node-server, the Node request whose body nobody has read yet, when `c.req.raw` is
+ * still its lightweight Request (no full Request built, so none holds a stream over that body):
+ * then oncely can read the bytes straight from Node. Undefined on other runtimes and otherwise.
+ */
+function unreadNodeRequest(c: Context): NodeBodyStream | undefined {
+  const env = c.env as { incoming?: unknown } | undefined;
+  const incoming = env?.incoming as Partial<NodeBodyStream> | null | undefined;
+  if (
+    typeof incoming !== 'object' ||
+    incoming === null ||
+    typeof incoming.on !== 'function' ||
+    incoming.readableDidRead !== false ||
+    incoming.rawBody !== undefined
+  ) {
+    return undefined;
+  }
+  const raw = c.req.raw as unknown as Record<symbol, unknown>;
+  let ours = false;
+  for (const symbol of Object.getOwnPropertySymbols(raw)) {
+    if (symbol.description === 'requestCache') return undefined;
+    if (symbol.description === 'incomingKey' && raw[symbol] === incoming) ours = true;
+  }
+  return ours ? (incoming as NodeBodyStream) : undefined;
+}
+
+/** Node's request body under the R7 limit; past it, the rest drains unread. */
+function readNodeBody(stream: NodeBodyStream, limit: number): Promise<Uint8Array> {
+  const declared = stream.headers['content-length'];
+  if (typeof declared === 'string' && Number(declared) > limit) {
+    return Promise.reject(new RequestTooLargeError(limit));
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const cleanup = () => {
+      stream.off('data', onData);
+      stream.off('end', onEnd);
+      stream.off('error', onError);
+      stream.off('close', onClose);
+    };
+    const onData = (data: Buffer | string) => {
+      const chunk = typeof data === 'string' ? Buffer.from(data) : data;
+      size += chunk.byteLength;
+      if (size > limit) {
+        cleanup();
+        stream.resume();
+        reject(new RequestTooLargeError(limit));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(error);
+    };
+    const onClose = () => {
+      cleanup();
+      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    };
+    stream.on('data', onData);
+    stream.on('end', onEnd);
+    stream.on('error', onError);
+    stream.on('close', onClose);
+  });
 }
 
 /** The body bytes under the R7 limit, also when an earlier middleware consumed them through `c.req`. */
