@@ -175,7 +175,7 @@ export function createProxy(options: ProxyOptions): Proxy {
         method: req.method as 'GET',
         path: req.url ?? '/',
         headers,
-        body: read ?? (hasBody ? req : null),
+        body: read ?? (hasBody ? (arrived(req, length) ?? req) : null),
       });
     } catch (error) {
       const problem = classify(error, upstreamTimeoutMs);
@@ -281,6 +281,20 @@ export function createProxy(options: ProxyOptions): Proxy {
     handle,
     close: () => pool.close(),
   };
+}
+
+/**
+ * G3: the request body, when all of it has arrived already (the usual case for small bodies): one
+ * buffer for undici to write instead of a stream to pump. Nothing waits for bytes, so nothing is
+ * buffered that was not already in memory; otherwise undefined, and the body is streamed.
+ */
+function arrived(req: IncomingMessage, length: string | undefined): Buffer | undefined {
+  if (length === undefined || req.readableDidRead) return undefined;
+  // Content-Length bytes buffered are the whole body (the parser delivers no more than that), even
+  // before the parser has marked the message complete.
+  if (req.readableLength !== Number(length)) return undefined;
+  // Paused and untouched: read() hands over everything buffered, and the stream ends after it.
+  return (req.read() as Buffer | null) ?? undefined;
 }
 
 /**

@@ -53,4 +53,50 @@ describe('gateway relay (unkeyed streaming)', () => {
     const next = await send(gateway.url, { method: 'GET', path: '/after' });
     expect(next.status).toBe(201);
   });
+
+  it('G3: an unkeyed body is forwarded byte for byte, whole or streamed while it is still arriving', async () => {
+    const upstream = new Upstream();
+    const upstreamUrl = await upstream.listen();
+    cleanups.push(() => upstream.close());
+    const firstPart = deferred();
+    upstream.streaming.set('POST /upload', (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        firstPart.resolve();
+      });
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(
+          JSON.stringify({ length: req.headers['content-length'], body: Buffer.concat(chunks).toString() }),
+        );
+      });
+    });
+    const gateway = await startGateway({ upstream: upstreamUrl }, { logDestination: new LogLines() });
+    cleanups.push(() => gateway.close());
+
+    const whole = await send(gateway.url, {
+      method: 'POST',
+      path: '/upload',
+      headers: { 'content-type': 'text/plain' },
+      body: 'all at once',
+    });
+    expect(JSON.parse(whole.body.toString())).toEqual({ length: '11', body: 'all at once' });
+
+    // The second half is sent only once the upstream has the first: the body was not held back.
+    const answer = deferred<string>();
+    const client = request(
+      new URL('/upload', gateway.url),
+      { method: 'POST', agent: false, headers: { 'content-length': '10' } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => answer.resolve(Buffer.concat(chunks).toString()));
+      },
+    );
+    client.write('first');
+    await firstPart.promise;
+    client.end('-last');
+    expect(JSON.parse(await answer.promise)).toEqual({ length: '10', body: 'first-last' });
+  });
 });
