@@ -31,7 +31,8 @@ const POSTGRES_MODULE = '../stores/postgres.js';
 /**
  * Open the store a URL names and check that it answers. Throws {@link StoreOpenError} with one line.
  *
- * @param url `memory:`, `sqlite:PATH` (`sqlite::memory:` for a private database), `redis://HOST:PORT/DB`
+ * @param url `memory:`, `sqlite:PATH` (`sqlite::memory:` for a private database; `?synchronous=normal`
+ *   trades power-loss durability for commits that do not wait for fsync), `redis://HOST:PORT/DB`
  *   (`?prefix=app:` sets the key prefix) or `postgres://USER@HOST:PORT/DB` (`?schema=oncely` sets the schema,
  *   which must exist)
  * @example
@@ -54,11 +55,11 @@ async function create(url: string): Promise<OpenedStore> {
     return { store, kind: 'memory', close: once(() => store.close()) };
   }
   if (url.startsWith('sqlite:')) {
-    const path = url.slice('sqlite:'.length).replace(/^\/\/(?=\/)/, '');
+    const { path, synchronous } = sqliteTarget(url);
     const { SqliteStore } = await load(SQLITE_MODULE, 'sqlite');
     let store: Store;
     try {
-      store = new SqliteStore({ path });
+      store = new SqliteStore(synchronous === undefined ? { path } : { path, synchronous });
     } catch (error) {
       throw new StoreOpenError(`store sqlite:${path} cannot be opened: ${oneLine(error)}`);
     }
@@ -118,6 +119,25 @@ async function create(url: string): Promise<OpenedStore> {
   throw new StoreOpenError(
     `unknown store URL "${redactUrl(url)}": use sqlite:PATH, memory:, redis:// or postgres://`,
   );
+}
+
+/**
+ * `sqlite:PATH[?synchronous=full|normal]`. `normal` is an explicit durability trade-off: in WAL mode
+ * a commit no longer waits for fsync, so a power loss (not a process crash) can lose the last
+ * records, and a retry after it would run again. The default stays `full`.
+ */
+function sqliteTarget(url: string): { path: string; synchronous: 'full' | 'normal' | undefined } {
+  let path = url.slice('sqlite:'.length).replace(/^\/\/(?=\/)/, '');
+  const option = /\?synchronous=([^&?]*)$/.exec(path);
+  if (option === null) return { path, synchronous: undefined };
+  path = path.slice(0, option.index);
+  const synchronous = option[1];
+  if (synchronous !== 'full' && synchronous !== 'normal') {
+    throw new StoreOpenError(
+      `store sqlite:${path}: ?synchronous must be full or normal, not "${synchronous}"`,
+    );
+  }
+  return { path, synchronous };
 }
 
 /** oncely's own query parameter (`?prefix=` for Redis, `?schema=` for PostgreSQL), removed before the driver sees the URL. */
