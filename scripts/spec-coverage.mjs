@@ -116,7 +116,9 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     const page = readFileSync(target, 'utf8');
     const unlisted = Object.keys(RULES).filter((id) => !page.includes(`| ${id} |`));
     if (unlisted.length) {
-      console.error(`docs/spec-coverage.md does not list ${unlisted.join(', ')}: run node scripts/spec-coverage.mjs`);
+      console.error(
+        `docs/spec-coverage.md does not list ${unlisted.join(', ')}: run node scripts/spec-coverage.mjs`,
+      );
       process.exit(1);
     }
   } else {
