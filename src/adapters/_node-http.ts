@@ -9,7 +9,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { Readable } from 'node:stream';
-import { readLimited } from '../core/body.js';
+import { readLimited, readStreamLimited } from '../core/body.js';
 import type { Execution, IncomingRequest, OutgoingResponse } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
 import type { HeaderMap } from '../core/store.js';
@@ -56,59 +56,13 @@ export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> 
 }
 
 /**
- * The usual case, a message still to be read: 'data'/'end' listeners, removed before the body is
- * re-armed. Cheaper per request than an async iterator (no iterator, no end-of-stream watcher, no
- * promise per chunk). Not `for await (… of req)`: at the end it destroys the message (a later
- * 'close' makes body parsers give up).
+ * The usual case, a message still to be read. The body is re-armed once node is done with the
+ * ended message: right after 'end' it auto-destroys it and emits 'close' a few ticks later; a fresh
+ * state swapped in any earlier would be destroyed (and the socket with it, as "aborted").
  */
 function readByListeners(req: IncomingMessage, limit: number): Promise<Uint8Array> {
-  return new Promise<Uint8Array>((resolve, reject) => {
-    const chunks: Uint8Array[] = [];
-    let size = 0;
-    const cleanup = () => {
-      req.removeListener('data', onData);
-      req.removeListener('end', onEnd);
-      req.removeListener('error', onError);
-      req.removeListener('close', onClose);
-    };
-    const onData = (chunk: Uint8Array | string) => {
-      const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-      size += bytes.byteLength;
-      if (size > limit) {
-        cleanup();
-        // R7: stop reading, as an iterator left mid-body would.
-        req.pause();
-        reject(new RequestTooLargeError(limit));
-        return;
-      }
-      chunks.push(bytes);
-    };
-    const onEnd = () => {
-      cleanup();
-      const body =
-        chunks.length === 0 ? EMPTY : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-      // Re-arm only once node is done with the ended message: right after 'end' it auto-destroys
-      // it and emits 'close' a few ticks later, all before this microtask runs. Swapped in any
-      // earlier, the fresh state would be destroyed (and the socket with it, as "aborted").
-      queueMicrotask(() => {
-        rearmBody(req, body);
-        resolve(body);
-      });
-    };
-    const onError = (error: Error) => {
-      cleanup();
-      reject(error);
-    };
-    const onClose = () => {
-      // 'close' before 'end': the client went away mid-body.
-      cleanup();
-      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
-    };
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('error', onError);
-    req.on('close', onClose);
-  });
+  // R7: past the limit, stop reading, as an iterator left mid-body would.
+  return readStreamLimited(req, limit, { onOverflow: 'pause', afterEnd: (body) => rearmBody(req, body) });
 }
 
 /** A message already ended or destroyed: an iterator reports either as node does. */
@@ -117,8 +71,6 @@ async function readByIterator(req: IncomingMessage, limit: number): Promise<Uint
   rearmBody(req, body);
   return body;
 }
-
-const EMPTY = new Uint8Array(0);
 
 /**
  * F1 when a body parser ran first: the bytes a parsed body stands for. A Buffer or Uint8Array

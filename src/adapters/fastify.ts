@@ -12,8 +12,8 @@ import type {
   RouteOptions,
 } from 'fastify';
 import fp from 'fastify-plugin';
+import { readStreamLimited } from '../core/body.js';
 import { Engine, type Execution, type IncomingRequest, PASS } from '../core/engine.js';
-import { RequestTooLargeError } from '../core/errors.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import type { Store } from '../core/store.js';
 import { MemoryStore } from '../stores/memory.js';
@@ -119,62 +119,13 @@ class FastifyIncoming implements IncomingRequest<FastifyRequest> {
 
   // F1: the fingerprint takes the raw bytes, read under the R7 limit before Fastify parses them.
   async readBody(limit: number): Promise<Uint8Array> {
-    this.read = await readStream(this.payload, limit, this.raw.headers['content-length']);
+    // Past the limit the rest drains unread, so the connection stays usable for the 413.
+    this.read = await readStreamLimited(this.payload, limit, {
+      declaredLength: this.raw.headers['content-length'],
+      onOverflow: 'drain',
+    });
     return this.read;
   }
-}
-
-/**
- * Read a node stream to its end under `limit` bytes (R7) with plain listeners: an async iterator
- * costs a promise per chunk and an end-of-stream watcher per request. Past the limit the rest is
- * drained unread.
- */
-function readStream(
-  stream: Readable,
-  limit: number,
-  declaredLength: string | undefined,
-): Promise<Uint8Array> {
-  if (declaredLength !== undefined && Number(declaredLength) > limit) {
-    return Promise.reject(new RequestTooLargeError(limit));
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const cleanup = () => {
-      stream.off('data', onData);
-      stream.off('end', onEnd);
-      stream.off('error', onError);
-      stream.off('close', onClose);
-    };
-    const onData = (chunk: Buffer | string) => {
-      const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-      size += bytes.byteLength;
-      if (size > limit) {
-        cleanup();
-        // Keep it flowing: the rest drains unread and the connection stays usable for the 413.
-        stream.resume();
-        reject(new RequestTooLargeError(limit));
-        return;
-      }
-      chunks.push(bytes);
-    };
-    const onEnd = () => {
-      cleanup();
-      resolve(chunks.length === 0 ? EMPTY : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
-    };
-    const onError = (error: Error) => {
-      cleanup();
-      reject(error);
-    };
-    const onClose = () => {
-      cleanup();
-      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
-    };
-    stream.on('data', onData);
-    stream.on('end', onEnd);
-    stream.on('error', onError);
-    stream.on('close', onClose);
-  });
 }
 
 /**

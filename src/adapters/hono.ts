@@ -3,6 +3,7 @@
  * (@hono/node-server) and on every Fetch runtime.
  */
 import type { Context, MiddlewareHandler } from 'hono';
+import { readStreamLimited } from '../core/body.js';
 import { Engine, type IncomingRequest, PASS } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
 import type { IdempotencyOptions } from '../core/options.js';
@@ -83,7 +84,10 @@ class HonoIncoming implements IncomingRequest<Context> {
     const c = this.raw;
     const node = unreadNodeRequest(c);
     if (node !== undefined) {
-      const body = await readNodeBody(node, limit);
+      const body = await readStreamLimited(node, limit, {
+        declaredLength: node.headers['content-length'] as string | undefined,
+        onOverflow: 'drain',
+      });
       // @hono/node-server builds the handler's Request over `rawBody` when one is set, so the
       // handler reads these bytes without a second Request and web stream.
       node.rawBody = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
@@ -110,7 +114,8 @@ interface NodeBodyStream {
   readonly headers: Record<string, string | string[] | undefined>;
   rawBody?: Buffer;
   on(event: string, listener: (...args: never[]) => void): unknown;
-  off(event: string, listener: (...args: never[]) => void): unknown;
+  removeListener(event: string, listener: (...args: never[]) => void): unknown;
+  pause(): unknown;
   resume(): unknown;
 }
 
@@ -138,51 +143,6 @@ function unreadNodeRequest(c: Context): NodeBodyStream | undefined {
     if (symbol.description === 'incomingKey' && raw[symbol] === incoming) ours = true;
   }
   return ours ? (incoming as NodeBodyStream) : undefined;
-}
-
-/** Node's request body under the R7 limit; past it, the rest drains unread. */
-function readNodeBody(stream: NodeBodyStream, limit: number): Promise<Uint8Array> {
-  const declared = stream.headers['content-length'];
-  if (typeof declared === 'string' && Number(declared) > limit) {
-    return Promise.reject(new RequestTooLargeError(limit));
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const cleanup = () => {
-      stream.off('data', onData);
-      stream.off('end', onEnd);
-      stream.off('error', onError);
-      stream.off('close', onClose);
-    };
-    const onData = (data: Buffer | string) => {
-      const chunk = typeof data === 'string' ? Buffer.from(data) : data;
-      size += chunk.byteLength;
-      if (size > limit) {
-        cleanup();
-        stream.resume();
-        reject(new RequestTooLargeError(limit));
-        return;
-      }
-      chunks.push(chunk);
-    };
-    const onEnd = () => {
-      cleanup();
-      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
-    };
-    const onError = (error: Error) => {
-      cleanup();
-      reject(error);
-    };
-    const onClose = () => {
-      cleanup();
-      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
-    };
-    stream.on('data', onData);
-    stream.on('end', onEnd);
-    stream.on('error', onError);
-    stream.on('close', onClose);
-  });
 }
 
 /** The body bytes under the R7 limit, also when an earlier middleware consumed them through `c.req`. */

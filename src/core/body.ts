@@ -28,3 +28,87 @@ export async function readLimited(
   if (chunks.length === 1) return chunks[0]!;
   return Buffer.concat(chunks, size);
 }
+
+/** What {@link readStreamLimited} does at the edges. */
+export interface ReadStreamOptions {
+  /** A Content-Length, so an oversized body fails unread. */
+  declaredLength?: string | null;
+  /** Past the limit: `'pause'` stops reading, `'drain'` lets the rest flow away unread (the connection stays usable). */
+  onOverflow: 'pause' | 'drain';
+  /**
+   * Called with the body in a microtask after `'end'`, before the promise settles: the moment node
+   * has finished with an ended message (used to re-arm it, see `rearmBody`).
+   */
+  afterEnd?: (body: Uint8Array) => void;
+}
+
+/** The minimal Node readable the reader needs (an `IncomingMessage`, a Fastify payload). */
+interface NodeReadable {
+  on(event: string, listener: (...args: never[]) => void): unknown;
+  removeListener(event: string, listener: (...args: never[]) => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+}
+
+/**
+ * Read a Node stream to its end under `limit` bytes (R7) with plain `'data'`/`'end'` listeners:
+ * cheaper per request than an async iterator (no promise per chunk, no end-of-stream watcher), and
+ * unlike `for await`, it leaves the stream undestroyed with no listener behind.
+ */
+export function readStreamLimited(
+  stream: NodeReadable,
+  limit: number,
+  options: ReadStreamOptions,
+): Promise<Uint8Array> {
+  const declared = options.declaredLength;
+  if (declared != null && Number(declared) > limit) return Promise.reject(new RequestTooLargeError(limit));
+  return new Promise<Uint8Array>((resolve, reject) => {
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    const cleanup = () => {
+      stream.removeListener('data', onData);
+      stream.removeListener('end', onEnd);
+      stream.removeListener('error', onError);
+      stream.removeListener('close', onClose);
+    };
+    const onData = (chunk: Uint8Array | string) => {
+      const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+      size += bytes.byteLength;
+      if (size > limit) {
+        cleanup();
+        if (options.onOverflow === 'drain') stream.resume();
+        else stream.pause();
+        reject(new RequestTooLargeError(limit));
+        return;
+      }
+      chunks.push(bytes);
+    };
+    const onEnd = () => {
+      cleanup();
+      const body =
+        chunks.length === 0 ? EMPTY : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+      const afterEnd = options.afterEnd;
+      if (afterEnd === undefined) {
+        resolve(body);
+        return;
+      }
+      queueMicrotask(() => {
+        afterEnd(body);
+        resolve(body);
+      });
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(error);
+    };
+    const onClose = () => {
+      // 'close' before 'end': the client went away mid-body.
+      cleanup();
+      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    };
+    stream.on('data', onData);
+    stream.on('end', onEnd);
+    stream.on('error', onError);
+    stream.on('close', onClose);
+  });
+}
