@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { defaultFingerprint, defaultScope } from './fingerprint.js';
@@ -58,6 +59,18 @@ describe('defaultFingerprint', () => {
     const b = request({ method: 'POST', url: '/ab', contentType: 'c', body: new Uint8Array() });
     const c = request({ method: 'POST', url: '/ab', contentType: '', body: new TextEncoder().encode('c') });
     expect(new Set([a, b, c].map(defaultFingerprint)).size).toBe(3);
+  });
+
+  it('F1: is exactly SHA-256(method NUL url NUL content-type NUL body), small bodies and large', () => {
+    // Pinned: records written by one version must still match requests fingerprinted by the next.
+    for (const size of [0, 300, 16 * 1024, 16 * 1024 + 1, 200_000]) {
+      const body = new Uint8Array(size).map((_, i) => (i * 31) % 256);
+      const p = { method: 'PATCH', url: '/pay/é?x=1', contentType: 'application/json', body };
+      const expected = createHash('sha256')
+        .update(Buffer.concat([Buffer.from('PATCH\0/pay/é?x=1\0application/json\0'), body]))
+        .digest('hex');
+      expect(defaultFingerprint(request(p)), `${size} bytes`).toBe(expected);
+    }
   });
 
   it('F1: ignores other headers', () => {

@@ -1,10 +1,8 @@
 /**
  * @module Request fingerprints (SPEC F1) and the default scope (SPEC S1).
  */
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import type { IdempotencyRequest } from './request.js';
-
-const SEPARATOR = new Uint8Array([0]);
 
 /**
  * F1: SHA-256 over the method, the path with its query, the Content-Type and the body bytes.
@@ -12,16 +10,21 @@ const SEPARATOR = new Uint8Array([0]);
  * by shifting bytes between fields.
  */
 export function defaultFingerprint(request: IdempotencyRequest): string {
-  return createHash('sha256')
-    .update(request.method)
-    .update(SEPARATOR)
-    .update(request.url)
-    .update(SEPARATOR)
-    .update(request.header('content-type') ?? '')
-    .update(SEPARATOR)
-    .update(request.body)
-    .digest('hex');
+  const body = request.body;
+  const head = `${request.method}\0${request.url}\0${request.header('content-type') ?? ''}\0`;
+  if (body.byteLength > ONE_SHOT_LIMIT) {
+    return createHash('sha256').update(head).update(body).digest('hex');
+  }
+  // Small bodies: one buffer and the one-shot hash, several times cheaper than a Hash object.
+  const headLength = Buffer.byteLength(head);
+  const input = Buffer.allocUnsafe(headLength + body.byteLength);
+  input.write(head, 0, headLength, 'utf8');
+  input.set(body, headLength);
+  return hash('sha256', input, 'hex');
 }
+
+// Past this size, copying the body next to the head would cost more than the Hash object saves.
+const ONE_SHOT_LIMIT = 16 * 1024;
 
 /** S1: keys are namespaced by a SHA-256 of the `Authorization` header (empty when absent). */
 export function defaultScope(request: IdempotencyRequest): string {
