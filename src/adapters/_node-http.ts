@@ -9,7 +9,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { Readable } from 'node:stream';
-import { readLimited, readStreamLimited } from '../core/body.js';
+import { peekBuffered, readLimited, readStreamLimited } from '../core/body.js';
 import type { Execution, IncomingRequest, OutgoingResponse } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
 import type { HeaderMap } from '../core/store.js';
@@ -40,18 +40,22 @@ export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> 
 
   readBody(limit: number): Promise<Uint8Array> {
     const req = this.req;
+    const declared = req.headers['content-length'];
+    if (declared !== undefined && Number(declared) > limit) {
+      return Promise.reject(new RequestTooLargeError(limit));
+    }
+    const buffered = peekBuffered(req, declared);
+    if (buffered !== undefined) return Promise.resolve(buffered);
     if (this.parsedBody !== undefined && (req.readableDidRead || req.readableEnded)) {
       // Something read the stream before us: its bytes are gone, fingerprint what was made of them.
       const body = parsedBodyBytes(this.parsedBody());
       if (body.byteLength > limit) return Promise.reject(new RequestTooLargeError(limit));
       return Promise.resolve(body);
     }
-    const declared = req.headers['content-length'];
-    if (declared !== undefined && Number(declared) > limit) {
-      return Promise.reject(new RequestTooLargeError(limit));
-    }
     if (req.readableEnded || req.destroyed) return readByIterator(req, limit);
-    return readByListeners(req, limit);
+    // node emits 'request' on the head, then parses the rest of the packet, where a small body
+    // usually is: one microtask later it sits in the buffer whole, to be peeked at, not streamed.
+    return Promise.resolve().then(() => peekBuffered(req, declared) ?? readByListeners(req, limit));
   }
 }
 

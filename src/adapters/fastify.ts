@@ -12,8 +12,9 @@ import type {
   RouteOptions,
 } from 'fastify';
 import fp from 'fastify-plugin';
-import { readStreamLimited } from '../core/body.js';
+import { peekBuffered, readStreamLimited } from '../core/body.js';
 import { Engine, type Execution, type IncomingRequest, PASS } from '../core/engine.js';
+import { RequestTooLargeError } from '../core/errors.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import type { Store } from '../core/store.js';
 import { MemoryStore } from '../stores/memory.js';
@@ -50,10 +51,7 @@ function routeHooks(engine: Engine<FastifyRequest>) {
     Promise.resolve(decision).then(
       (decided) => {
         // S2 fail-open: the handler runs unprotected, with the body oncely already read.
-        if (decided.action === 'pass') {
-          const read = incoming.read;
-          return done(null, read === undefined ? payload : new Replayable(read));
-        }
+        if (decided.action === 'pass') return done(null, incoming.body());
         if (decided.action === 'respond') {
           const { status, headers, body } = decided.response;
           states.set(request, { kind: 'answered', contentType: headers['content-type'] !== undefined });
@@ -65,7 +63,7 @@ function routeHooks(engine: Engine<FastifyRequest>) {
         }
         states.set(request, { kind: 'executing', execution: decided.execution });
         // The body was read for the fingerprint; hand Fastify the same bytes to parse.
-        done(null, new Replayable(decided.execution.request.body));
+        done(null, incoming.body());
       },
       (error: Error) => done(error),
     );
@@ -102,12 +100,14 @@ function routeHooks(engine: Engine<FastifyRequest>) {
 class FastifyIncoming implements IncomingRequest<FastifyRequest> {
   readonly method: string;
   readonly url: string;
-  /** The body, once the engine has read it. */
+  /** The body, once the engine has read it off the payload. */
   read: Uint8Array | undefined;
+  /** The body, once the engine has peeked at it in the payload's buffer (the payload still holds it). */
+  peeked: Uint8Array | undefined;
 
   constructor(
     readonly raw: FastifyRequest,
-    private readonly payload: Readable,
+    readonly payload: Readable,
   ) {
     this.method = raw.method;
     this.url = raw.url;
@@ -119,12 +119,25 @@ class FastifyIncoming implements IncomingRequest<FastifyRequest> {
 
   // F1: the fingerprint takes the raw bytes, read under the R7 limit before Fastify parses them.
   async readBody(limit: number): Promise<Uint8Array> {
+    const declared = this.raw.headers['content-length'];
+    if (declared !== undefined && Number(declared) > limit) throw new RequestTooLargeError(limit);
+    // A small body is usually in the payload's buffer already, or one microtask later (node parses
+    // the rest of the packet after the head): peeked at, the payload itself goes on to Fastify.
+    this.peeked =
+      peekBuffered(this.payload, declared) ?? (await Promise.resolve(peekBuffered(this.payload, declared)));
+    if (this.peeked !== undefined) return this.peeked;
     // Past the limit the rest drains unread, so the connection stays usable for the 413.
     this.read = await readStreamLimited(this.payload, limit, {
-      declaredLength: this.raw.headers['content-length'],
+      declaredLength: declared,
       onOverflow: 'drain',
     });
     return this.read;
+  }
+
+  /** What Fastify parses: the payload, if the body was only peeked at; else the bytes read from it. */
+  body(): Readable {
+    if (this.peeked !== undefined || this.read === undefined) return this.payload;
+    return new Replayable(this.read);
   }
 }
 

@@ -112,3 +112,40 @@ export function readStreamLimited(
     stream.on('close', onClose);
   });
 }
+
+/** The minimal Node readable {@link peekBuffered} needs (an `IncomingMessage`, a Fastify payload). */
+interface BufferedReadable {
+  readonly readableLength: number;
+  readonly readableFlowing: boolean | null;
+  readonly readableEncoding: BufferEncoding | null;
+  readonly readableObjectMode: boolean;
+  read(): unknown;
+  unshift(chunk: Uint8Array): void;
+}
+
+/**
+ * The whole body, when all `declaredLength` bytes of it sit in the stream's buffer unread — the
+ * usual case for a small request, whose body arrives in the packet that carried its head. It is
+ * taken and put straight back (`read()` then `unshift()`), so the stream still holds the whole
+ * body, from the start, for the app's parser: no copy of the stream, no events, no listeners.
+ * Otherwise (no Content-Length, bytes still to come, a stream someone else reads or decodes) undefined.
+ */
+export function peekBuffered(
+  stream: BufferedReadable,
+  declaredLength: string | null | undefined,
+): Uint8Array | undefined {
+  if (declaredLength == null) return undefined;
+  const length = Number(declaredLength);
+  // The HTTP parser never delivers more than Content-Length bytes: this many buffered is all of it.
+  if (!(length > 0) || stream.readableLength !== length) return undefined;
+  // Untouched streams only: once anyone listens ('data', 'readable') or pauses it, read() would
+  // emit to them, so their bytes are theirs to read.
+  if (stream.readableFlowing !== null || stream.readableEncoding !== null || stream.readableObjectMode) {
+    return undefined;
+  }
+  // Never flowed: read() hands over everything buffered, as one buffer, and emits nothing.
+  const body = stream.read() as Buffer | null;
+  if (body === null) return undefined;
+  stream.unshift(body);
+  return body.byteLength === length ? body : undefined;
+}
