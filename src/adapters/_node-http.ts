@@ -2,12 +2,7 @@
  * @module Shared by the adapters built on node:http (node, Express, Koa, NestJS): reading the body
  * so the app can read it again, capturing every way a response leaves, writing engine responses.
  */
-import {
-  type IncomingMessage,
-  type OutgoingHttpHeaders,
-  OutgoingMessage,
-  type ServerResponse,
-} from 'node:http';
+import { type IncomingMessage, type OutgoingHttpHeaders, OutgoingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { peekBuffered, readLimited, readStreamLimited } from '../core/body.js';
 import type { Execution, IncomingRequest, OutgoingResponse } from '../core/engine.js';
@@ -136,118 +131,170 @@ export function headerMap(headers: OutgoingHttpHeaders): HeaderMap {
 }
 
 type WriteCallback = (error?: Error | null) => void;
-type Write = (chunk: unknown, encoding?: unknown, callback?: unknown) => boolean;
-type End = (chunk?: unknown, encoding?: unknown, callback?: unknown) => ServerResponse;
-type WriteHead = (...args: unknown[]) => ServerResponse;
+type Write = (this: ServerResponse, chunk: unknown, encoding?: unknown, callback?: unknown) => boolean;
+type End = (this: ServerResponse, chunk?: unknown, encoding?: unknown, callback?: unknown) => ServerResponse;
+type WriteHead = (
+  this: ServerResponse,
+  status: number,
+  reason?: unknown,
+  headers?: unknown,
+) => ServerResponse;
+type Destroy = (this: ServerResponse, error?: Error) => ServerResponse;
 
-// While a response is buffered, `res.headersSent` must read true once the handler wrote (see
-// captureResponse). One accessor shared by every captured response, reading a flag on it: a
-// per-response getter closure would give each response its own hidden class, and every access
-// node's http internals make to it would go megamorphic.
-const kHeadersSent = Symbol('oncely.headersSent');
-type Captured = ServerResponse & { [kHeadersSent]?: boolean };
-const nodeHeadersSent = Object.getOwnPropertyDescriptor(OutgoingMessage.prototype, 'headersSent')?.get;
-function capturedHeadersSent(this: Captured): boolean {
-  return this[kHeadersSent] === true || nodeHeadersSent?.call(this) === true;
+/** What `captureResponse` hands back to its adapter. */
+export interface CapturedResponse {
+  /**
+   * Call when the handler threw or rejected: records and sends the 500 problem if nothing was sent
+   * yet (R3), or cuts off a response already streaming.
+   */
+  fail(error: unknown): void;
+}
+
+// The capture of each response being buffered. Kept beside the response, never on it: a property
+// added to a response whose prototype was swapped (Express swaps it on every request) gives that one
+// object a hidden class of its own, which costs microseconds per added property and turns every
+// later property access to it, in node and in the framework, megamorphic.
+const captures = new WeakMap<ServerResponse, Capture>();
+
+// node's own methods, and the ones that route a call to the response's capture if it has one.
+// Installed once on ServerResponse.prototype (see installCapture); uncaptured responses pay one
+// WeakMap look-up per call.
+let node: { write: Write; end: End; writeHead: WriteHead; destroy: Destroy; headersSent: () => boolean };
+let routed: { write: Write; end: End; writeHead: WriteHead; destroy: Destroy };
+
+/**
+ * Route `write`, `end`, `writeHead`, `destroy` and `headersSent` of every node:http response through
+ * its capture, if it has one. Patching the shared prototype, rather than each response, keeps
+ * responses in their usual shape and survives frameworks swapping a response's prototype mid-request
+ * (Express does when entering a mounted sub-app). Wrappers a framework puts on the instance
+ * (compression, say) run before the capture, so what is recorded is what would reach the socket.
+ */
+function installCapture(): void {
+  if (routed !== undefined) return;
+  const proto = ServerResponse.prototype as ServerResponse & Record<string, unknown>;
+  const headersSent = Object.getOwnPropertyDescriptor(OutgoingMessage.prototype, 'headersSent');
+  node = {
+    write: proto.write as Write,
+    end: proto.end as End,
+    writeHead: proto.writeHead as WriteHead,
+    destroy: proto.destroy as Destroy,
+    headersSent: headersSent?.get as () => boolean,
+  };
+  routed = {
+    write(chunk, encoding, callback) {
+      const capture = captures.get(this);
+      return capture === undefined
+        ? node.write.call(this, chunk, encoding, callback)
+        : capture.write(chunk, encoding, callback);
+    },
+    end(chunk, encoding, callback) {
+      const capture = captures.get(this);
+      return capture === undefined
+        ? node.end.call(this, chunk, encoding, callback)
+        : capture.end(chunk, encoding, callback);
+    },
+    writeHead(status, reason, headers) {
+      const capture = captures.get(this);
+      return capture === undefined
+        ? node.writeHead.call(this, status, reason, headers)
+        : capture.writeHead(status, reason, headers);
+    },
+    destroy(error) {
+      const capture = captures.get(this);
+      return capture === undefined ? node.destroy.call(this, error) : capture.destroy(error);
+    },
+  };
+  Object.assign(proto, routed);
+  // Once the handler has written its head or body, node would report the headers as sent; frameworks
+  // read that to choose between writing an error response and aborting (Express's final handler,
+  // Koa's ctx.onerror). Report the same while buffering, so an error after the first byte aborts the
+  // response instead of being appended to it.
+  Object.defineProperty(proto, 'headersSent', {
+    configurable: true,
+    enumerable: headersSent?.enumerable ?? true,
+    get(this: ServerResponse): boolean {
+      return captures.get(this)?.committed === true || node.headersSent.call(this);
+    },
+  });
 }
 
 /**
  * Capture what a handler writes to `res` — `writeHead`, `setHeader`, `write`, `end`, pipes — and
  * hand the complete response to `execution` before any byte reaches the client (R6). Bodies over
  * `maxResponseBytes` and event streams are recorded without their body, then streamed (R7).
- *
- * @returns `fail(error)`: call when the handler threw or rejected; it records and sends the 500
- * problem if nothing was sent yet (R3), or cuts off a response already streaming.
  */
-export function captureResponse(res: ServerResponse, execution: Execution): { fail(error: unknown): void } {
-  const original = { write: res.write, end: res.end, writeHead: res.writeHead, destroy: res.destroy };
-  const chunks: Buffer[] = [];
-  let size = 0;
-  let mode: 'buffer' | 'switching' | 'stream' | 'ended' = 'buffer';
-  const queued: Array<() => void> = [];
+export function captureResponse(res: ServerResponse, execution: Execution): CapturedResponse {
+  installCapture();
+  const capture = new Capture(res, execution, captures.get(res));
+  captures.set(res, capture);
+  res.once('close', () => capture.closed());
+  return capture;
+}
 
-  const captured = res as Captured;
-  // Shape changes happen here once, in the same order for every response (no defineProperty per
-  // write, no delete): node's http internals keep seeing one hidden class.
-  captured[kHeadersSent] = false;
-  Object.defineProperty(res, 'headersSent', { configurable: true, get: capturedHeadersSent });
+/** One response being captured; see {@link captureResponse}. */
+class Capture implements CapturedResponse {
+  readonly #chunks: Buffer[] = [];
+  #size = 0;
+  #mode: 'buffer' | 'switching' | 'stream' | 'ended' = 'buffer';
+  // Calls made while the head is being recorded (R7), replayed once it is.
+  readonly #queued: Array<() => void> = [];
+  /** The handler wrote its head or body: `res.headersSent` reads true while buffered. */
+  committed = false;
 
-  const restore = () => {
-    res.write = original.write;
-    res.end = original.end;
-    res.writeHead = original.writeHead;
-    res.destroy = original.destroy;
-    // Back to node's own answer.
-    captured[kHeadersSent] = false;
-  };
+  /** @param outer a capture of the same response by an oncely mounted further out; it gets what this one releases. */
+  constructor(
+    readonly res: ServerResponse,
+    readonly execution: Execution,
+    readonly outer: Capture | undefined,
+  ) {}
 
-  // Once the handler has written its head or body, node would report the headers as sent; frameworks
-  // read that to choose between writing an error response and aborting (Express's final handler,
-  // Koa's ctx.onerror). Report the same while buffering, so an error after the first byte aborts the
-  // response instead of being appended to it.
-  let committed = false;
-  const commit = () => {
-    committed = true;
-    captured[kHeadersSent] = true;
-  };
+  /** Stop capturing: from here on, calls reach the outer capture or node. */
+  #release(): void {
+    this.committed = false;
+    if (captures.get(this.res) !== this) return;
+    if (this.outer === undefined) captures.delete(this.res);
+    else captures.set(this.res, this.outer);
+  }
 
-  // R3: the app aborted the response (pipeline() does on a failing stream) before it completed:
-  // record a 500 problem, so a retry never re-runs the handler (R6: before the connection is cut).
-  res.destroy = function destroy(this: ServerResponse, error?: Error) {
-    if (mode !== 'buffer') return original.destroy.call(res, error);
-    mode = 'ended';
+  /**
+   * R3: the connection closed after the handler began writing (a framework aborting an error after
+   * "headers sent", or the client leaving): the response cannot complete.
+   */
+  closed(): void {
+    if (this.#mode !== 'buffer' || !this.committed) return;
+    this.#mode = 'ended';
+    this.#release();
+    void this.execution.fail(new Error('the connection closed before the response completed'));
+  }
+
+  /**
+   * R3: the app aborted the response (pipeline() does on a failing stream) before it completed:
+   * record a 500 problem, so a retry never re-runs the handler (R6: before the connection is cut).
+   */
+  destroy(error?: Error): ServerResponse {
+    const res = this.res;
+    if (this.#mode !== 'buffer') {
+      this.#release();
+      return routed.destroy.call(res, error);
+    }
+    this.#mode = 'ended';
     // Nothing reached the wire, so as in node no headers count as sent; what the framework writes
     // until the problem is recorded is dropped with the connection.
-    captured[kHeadersSent] = false;
-    execution.fail(error).then(() => {
-      restore();
-      original.destroy.call(res, error);
+    this.committed = false;
+    this.execution.fail(error).then(() => {
+      this.#release();
+      routed.destroy.call(res, error);
     });
     return res;
-  } as typeof res.destroy;
-  res.once('close', () => {
-    // R3: the connection closed after the handler began writing (a framework aborting an error
-    // after "headers sent", or the client leaving): the response cannot complete.
-    if (mode !== 'buffer' || !committed) return;
-    mode = 'ended';
-    restore();
-    void execution.fail(new Error('the connection closed before the response completed'));
-  });
+  }
 
-  const toBuffer = (chunk: unknown, encoding: unknown): Buffer | undefined => {
-    if (chunk === undefined || chunk === null) return undefined;
-    if (typeof chunk === 'string')
-      return Buffer.from(chunk, (typeof encoding === 'string' ? encoding : 'utf8') as BufferEncoding);
-    if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    throw new TypeError('The "chunk" argument must be of type string or an instance of Buffer or Uint8Array');
-  };
-  const callbackOf = (encoding: unknown, callback: unknown): WriteCallback | undefined =>
-    typeof encoding === 'function'
-      ? (encoding as WriteCallback)
-      : typeof callback === 'function'
-        ? (callback as WriteCallback)
-        : undefined;
-
-  // R7: too large or an event stream: record the head, then stream what was buffered and what follows.
-  const switchToStream = () => {
-    mode = 'switching';
-    execution.completeWithoutBody(res.statusCode, headerMap(res.getHeaders())).then(() => {
-      restore();
-      mode = 'stream';
-      for (const chunk of chunks) (original.write as Write).call(res, chunk);
-      chunks.length = 0;
-      for (const operation of queued.splice(0)) operation();
-    });
-  };
-
-  res.writeHead = function writeHead(this: ServerResponse, status: unknown, ...rest: unknown[]) {
-    commit();
-    res.statusCode = status as number;
-    let headers = rest[0];
-    if (typeof headers === 'string') {
-      res.statusMessage = headers;
-      headers = rest[1];
-    }
+  writeHead(status: number, reason?: unknown, headers?: unknown): ServerResponse {
+    const res = this.res;
+    if (this.#mode === 'stream') return routed.writeHead.call(res, status, reason, headers);
+    this.committed = true;
+    res.statusCode = status;
+    if (typeof reason === 'string') res.statusMessage = reason;
+    else headers ??= reason;
     if (Array.isArray(headers)) {
       // Raw form: [name, value, name, value, …] or [[name, value], …].
       if (Array.isArray(headers[0]))
@@ -260,79 +307,110 @@ export function captureResponse(res: ServerResponse, execution: Execution): { fa
         if (value !== undefined) res.setHeader(name, value as string);
     }
     return res;
-  } as WriteHead as typeof res.writeHead;
+  }
 
-  res.write = function write(this: ServerResponse, chunk: unknown, encoding?: unknown, callback?: unknown) {
-    if (mode === 'stream') return (original.write as Write).call(res, chunk, encoding, callback);
+  write(chunk: unknown, encoding?: unknown, callback?: unknown): boolean {
+    const res = this.res;
+    const mode = this.#mode;
+    if (mode === 'stream') return routed.write.call(res, chunk, encoding, callback);
     if (mode === 'ended') return false;
-    commit();
-    const done = callbackOf(encoding, callback);
+    this.committed = true;
     if (mode === 'switching') {
-      queued.push(() => (original.write as Write).call(res, chunk, encoding, callback));
+      this.#queued.push(() => routed.write.call(res, chunk, encoding, callback));
       return true;
     }
-    const buffer = toBuffer(chunk, encoding);
-    if (buffer !== undefined && buffer.byteLength > 0) {
-      chunks.push(buffer);
-      size += buffer.byteLength;
-    }
+    this.#append(chunk, encoding);
+    const done = callbackOf(encoding, callback);
     if (done) process.nextTick(done);
-    if (size > execution.maxResponseBytes || execution.streams(headerMap(res.getHeaders()))) switchToStream();
+    if (this.#size > this.execution.maxResponseBytes || this.execution.streams(headerMap(res.getHeaders())))
+      this.#switchToStream();
     return true;
-  } as Write as typeof res.write;
+  }
 
-  res.end = function end(this: ServerResponse, chunk?: unknown, encoding?: unknown, callback?: unknown) {
+  end(chunk?: unknown, encoding?: unknown, callback?: unknown): ServerResponse {
+    const res = this.res;
     if (typeof chunk === 'function') {
       callback = chunk;
       chunk = undefined;
     }
-    if (mode === 'stream') return (original.end as End).call(res, chunk, encoding, callback);
+    const mode = this.#mode;
+    if (mode === 'stream') return routed.end.call(res, chunk, encoding, callback);
     if (mode === 'switching') {
-      queued.push(() => (original.end as End).call(res, chunk, encoding, callback));
+      this.#queued.push(() => routed.end.call(res, chunk, encoding, callback));
       return res;
     }
     if (mode === 'ended') return res;
-    commit();
-    const buffer = toBuffer(chunk, encoding);
-    if (buffer !== undefined && buffer.byteLength > 0) {
-      chunks.push(buffer);
-      size += buffer.byteLength;
-    }
+    this.committed = true;
+    this.#append(chunk, encoding);
     const done = callbackOf(encoding, callback);
     const headers = headerMap(res.getHeaders());
-    if (size > execution.maxResponseBytes || execution.streams(headers)) {
-      switchToStream();
-      queued.push(() => (original.end as End).call(res, undefined, undefined, done));
+    if (this.#size > this.execution.maxResponseBytes || this.execution.streams(headers)) {
+      this.#switchToStream();
+      this.#queued.push(() => routed.end.call(res, undefined, undefined, done));
       return res;
     }
-    mode = 'ended';
-    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-    const response: OutgoingResponse = { status: res.statusCode, headers, body };
+    this.#mode = 'ended';
+    const chunks = this.#chunks;
+    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, this.#size);
     // R6: recorded before the first byte is released.
-    execution.complete(response).then(() => {
-      restore();
+    this.execution.complete({ status: res.statusCode, headers, body }).then(() => {
+      this.#release();
       if (!res.hasHeader('transfer-encoding')) res.setHeader('content-length', body.byteLength);
-      const [chunk, encoding] = endArguments(body);
-      (original.end as End).call(res, chunk, encoding, done);
+      const [bytes, bytesEncoding] = endArguments(body);
+      routed.end.call(res, bytes, bytesEncoding, done);
     });
     return res;
-  } as End as typeof res.end;
+  }
 
-  return {
-    fail(error: unknown) {
-      if (mode === 'buffer') {
-        mode = 'ended';
-        restore();
-        execution.fail(error).then((problem) => {
-          if (res.headersSent) res.destroy();
-          else writeFresh(res, problem);
-        });
-      } else if (mode === 'stream' || mode === 'switching') {
-        // The head is recorded and bytes may be on the wire: cut the response off.
-        res.destroy(error instanceof Error ? error : undefined);
-      }
-    },
-  };
+  fail(error: unknown): void {
+    const mode = this.#mode;
+    if (mode === 'buffer') {
+      this.#mode = 'ended';
+      this.#release();
+      const res = this.res;
+      this.execution.fail(error).then((problem) => {
+        if (res.headersSent) res.destroy();
+        else writeFresh(res, problem);
+      });
+    } else if (mode === 'stream' || mode === 'switching') {
+      // The head is recorded and bytes may be on the wire: cut the response off.
+      this.res.destroy(error instanceof Error ? error : undefined);
+    }
+  }
+
+  #append(chunk: unknown, encoding: unknown): void {
+    if (chunk === undefined || chunk === null) return;
+    let buffer: Buffer;
+    if (typeof chunk === 'string')
+      buffer = Buffer.from(chunk, (typeof encoding === 'string' ? encoding : 'utf8') as BufferEncoding);
+    else if (chunk instanceof Uint8Array)
+      buffer = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    else
+      throw new TypeError(
+        'The "chunk" argument must be of type string or an instance of Buffer or Uint8Array',
+      );
+    if (buffer.byteLength === 0) return;
+    this.#chunks.push(buffer);
+    this.#size += buffer.byteLength;
+  }
+
+  // R7: too large or an event stream: record the head, then stream what was buffered and what follows.
+  #switchToStream(): void {
+    this.#mode = 'switching';
+    const res = this.res;
+    this.execution.completeWithoutBody(res.statusCode, headerMap(res.getHeaders())).then(() => {
+      this.#release();
+      this.#mode = 'stream';
+      for (const chunk of this.#chunks) routed.write.call(res, chunk);
+      this.#chunks.length = 0;
+      for (const operation of this.#queued.splice(0)) operation();
+    });
+  }
+}
+
+function callbackOf(encoding: unknown, callback: unknown): WriteCallback | undefined {
+  if (typeof encoding === 'function') return encoding as WriteCallback;
+  return typeof callback === 'function' ? (callback as WriteCallback) : undefined;
 }
 
 /** Replace whatever headers the handler set with `response`'s, then send it. */

@@ -239,6 +239,82 @@ describe.each([
     expect(runs.count).toBe(1);
   });
 
+  it('R1, R6: a response sent from a mounted sub-app (Express swaps the prototype of res) is recorded', async () => {
+    const { runs, post } = await serve((app, counted) => {
+      const sub = express();
+      sub.post(
+        '/pay',
+        counted((_req, res) => res.status(201).json({ id: 'pay_1' })),
+      );
+      app.use(idempotency());
+      app.use('/sub', sub);
+    });
+    const key = newKey();
+    const first = await post({ key, path: '/sub/pay' });
+    expect(first.status).toBe(201);
+    expectReplay(first, await post({ key, path: '/sub/pay' }));
+    expect(runs.count).toBe(1);
+  });
+
+  it('R1, R6: with oncely mounted twice on a route, each one records the response', async () => {
+    const executed: string[] = [];
+    const engine = (name: string) =>
+      idempotency({
+        onEvent: (event) => event.type === 'executed' && executed.push(`${name} ${event.status}`),
+      });
+    const { runs, post } = await serve((app, counted) => {
+      app.use(engine('outer'));
+      app.use(engine('inner'));
+      app.use(counted((_req, res) => res.status(201).send('created')));
+    });
+    const key = newKey();
+    const first = await post({ key });
+    expect(first.text).toBe('created');
+    expect(executed.sort()).toEqual(['inner 201', 'outer 201']);
+    expectReplay(first, await post({ key }));
+    expect(runs.count).toBe(1);
+  });
+
+  it('R1: what a middleware wrapping res.end sends (compression, say) is what is recorded', async () => {
+    const { runs, post } = await serve((app, counted) => {
+      app.use(idempotency());
+      app.use((_req, res, next) => {
+        const end = res.end;
+        res.end = function (this: typeof res, chunk?: unknown, ...rest: unknown[]) {
+          // res.send hands end() a Buffer; same length, so its Content-Length still holds.
+          const changed = Buffer.isBuffer(chunk) ? Buffer.from(chunk.toString().toUpperCase()) : chunk;
+          return (end as (...args: unknown[]) => typeof res).call(this, changed, ...rest);
+        } as typeof res.end;
+        next();
+      });
+      app.use(counted((_req, res) => res.status(201).send('created')));
+    });
+    const key = newKey();
+    const first = await post({ key });
+    expect(first.text).toBe('CREATED');
+    const again = await post({ key });
+    expectReplay(first, again);
+    expect(again.text).toBe('CREATED');
+    expect(runs.count).toBe(1);
+  });
+
+  it('capturing a response adds no property to it (a response whose prototype Express swapped keeps its shape)', async () => {
+    const seen: { before?: (string | symbol)[]; during?: (string | symbol)[] } = {};
+    const { post } = await serve((app) => {
+      app.use((_req, res, next) => {
+        seen.before = Reflect.ownKeys(res);
+        next();
+      });
+      app.use(idempotency());
+      app.use((_req, res) => {
+        seen.during = Reflect.ownKeys(res);
+        res.status(201).send('ok');
+      });
+    });
+    expect((await post({ key: newKey() })).status).toBe(201);
+    expect(seen.during).toEqual(seen.before);
+  });
+
   it('M3: unkeyed requests pass through to the app untouched', async () => {
     const { runs, post } = await serve((app, counted) => {
       app.use(idempotency());
