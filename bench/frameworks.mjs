@@ -5,22 +5,45 @@
  * Ratios are against the same framework's baseline in the same round.
  *
  *   npm run build && node bench/frameworks.mjs [--quick] [--only=express,fastify,hono] [--rounds=N] [--duration=S]
+ *     [--scenarios=new,replay,nokey] [--profile] [--compare=/abs/path/to/other/dist] [--aa] [--no-pin]
+ *     [--layers=none,oncely,…]
+ *
+ * `--compare` adds a variant running oncely from another build (a worktree of an earlier commit,
+ * say), measured in the same rounds: an A/B of a change on the same machine at the same moment.
+ * `--aa` adds the baseline a second time as a variant: its ratio is the noise floor of the run.
+ * Servers are pinned to one CPU and the load generator to the other (`--no-pin` turns that off).
+ *
+ * `--profile` runs every server under `node --cpu-prof` (profiles in bench/results/profiles/<framework>-<layer>/;
+ * summarise them with `node bench/lib/profile-top.mjs <file>`).
  */
+import { join } from 'node:path';
 import {
+  BENCH_DIR,
   header,
   machine,
   markdownTable,
   parseFlags,
-  runRounds,
+  pinCpus,
+  runInterleaved,
   SUMMARY_HEADER,
   summarise,
   summaryRow,
   writeResults,
 } from './lib/harness.mjs';
 
-const flags = parseFlags(process.argv.slice(2), { duration: 3 });
-const info = machine();
-const scenarios = ['new', 'replay', 'nokey'];
+const flags = {
+  ...parseFlags(process.argv.slice(2), { duration: 2, rounds: 10 }),
+  schedule:
+    'all servers up at once, each round runs every variant on a scenario back to back (order rotated)',
+};
+const info = { ...machine(), pinned: pinCpus(flags) };
+const aa = process.argv.includes('--aa');
+const only = process.argv
+  .find((arg) => arg.startsWith('--layers='))
+  ?.slice('--layers='.length)
+  .split(',');
+const compare = process.argv.find((arg) => arg.startsWith('--compare='))?.slice('--compare='.length);
+const scenarios = flags.scenarios ?? ['new', 'replay', 'nokey'];
 const frameworks = {
   express: ['none', 'oncely', 'express-idempotency', 'node-idempotency'],
   fastify: ['none', 'oncely', 'node-idempotency'],
@@ -32,22 +55,47 @@ const label = {
   hono: 'Hono (node-server)',
   none: 'baseline',
   oncely: '+ oncely',
+  'oncely-compare': '+ oncely (--compare)',
+  'none-again': 'baseline again (A/A)',
   'express-idempotency': '+ express-idempotency',
   'node-idempotency': '+ @node-idempotency/core',
+};
+
+// Issue 4's targets for oncely, as ratios to the framework's baseline (new keys: 1.5× the best peer
+// as measured when the issue was filed, ≈ 0.9× Express, ≈ 0.75× Fastify; Hono has no peer).
+const targets = {
+  express: { new: 0.9, replay: 1.0, nokey: 0.97 },
+  fastify: { new: 0.75, replay: 1.0, nokey: 0.97 },
+  hono: { replay: 1.0, nokey: 0.97 },
 };
 
 const sections = [header('Frameworks: baseline vs oncely vs peers (memory stores)', flags, info)];
 const data = { info, flags, results: {} };
 for (const framework of flags.only ?? Object.keys(frameworks)) {
-  const variants = frameworks[framework].map((layer) => ({
+  const layers = frameworks[framework].filter((layer) => only === undefined || only.includes(layer));
+  if (compare) layers.splice(2, 0, 'oncely-compare');
+  // An A/A control: the baseline again, as a variant. Its ratio shows the noise floor of the run.
+  if (aa) layers.splice(1, 0, 'none-again');
+  const variants = layers.map((layer) => ({
     name: `${label[framework]} ${label[layer]}`,
     script: 'framework.mjs',
-    config: { framework, layer },
+    config:
+      layer === 'oncely-compare'
+        ? { framework, layer: 'oncely', dist: compare }
+        : { framework, layer: layer === 'none-again' ? 'none' : layer },
+    spawn: flags.profile
+      ? {
+          execArgv: [
+            '--cpu-prof',
+            `--cpu-prof-dir=${join(BENCH_DIR, 'results', 'profiles', `${framework}-${layer}`)}`,
+          ],
+        }
+      : undefined,
   }));
   console.log(
     `frameworks/${framework}: ${flags.rounds} rounds × ${flags.duration} s, load average ${info.loadAverage}`,
   );
-  const runs = await runRounds(variants, scenarios, flags);
+  const runs = await runInterleaved(variants, scenarios, flags);
   const rows = [];
   const summaries = {};
   for (const scenario of scenarios) {
@@ -57,7 +105,16 @@ for (const framework of flags.only ?? Object.keys(frameworks)) {
         variant === variants[0] ? undefined : runs[`${variants[0].name}/${scenario}`],
       );
       summaries[`${variant.name}/${scenario}`] = s;
-      rows.push(summaryRow(variant.name, scenario, s));
+      rows.push(
+        summaryRow(
+          variant.name,
+          scenario,
+          s,
+          variant.config.layer === 'oncely' && !variant.config.dist
+            ? targets[framework][scenario]
+            : undefined,
+        ),
+      );
     }
   }
   data.results[framework] = { summaries, runs };

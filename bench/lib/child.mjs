@@ -35,6 +35,7 @@ export async function runChild(create) {
           id: message.id,
           type: 'stopped',
           cpuMicros: used.user + used.system,
+          userMicros: used.user,
           executions: counters.executions - executions,
         });
       } else if (message.type === 'call') {

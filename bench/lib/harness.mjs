@@ -3,7 +3,7 @@
  * autocannon from this process, measure the child's CPU over exactly the load window, alternate
  * variants round by round, and summarise with medians and same-round ratios.
  */
-import { fork } from 'node:child_process';
+import { fork, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -18,6 +18,7 @@ export const BENCH_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 /**
  * @param defaults.duration seconds of measured load per run in a full run (default 5); benchmarks
  *   with many variants choose less so the whole benchmark stays within minutes
+ * @param defaults.rounds rounds in a full run (default 5)
  */
 export function parseFlags(argv = process.argv.slice(2), defaults = {}) {
   const flags = {
@@ -26,7 +27,9 @@ export function parseFlags(argv = process.argv.slice(2), defaults = {}) {
     duration: undefined,
     connections: 10,
     only: undefined,
+    scenarios: undefined,
     profile: argv.includes('--profile'),
+    pin: !argv.includes('--no-pin'),
   };
   for (const arg of argv) {
     const [name, value] = arg.split('=');
@@ -34,11 +37,27 @@ export function parseFlags(argv = process.argv.slice(2), defaults = {}) {
     else if (name === '--duration') flags.duration = Number(value);
     else if (name === '--connections') flags.connections = Number(value);
     else if (name === '--only') flags.only = value.split(',');
+    else if (name === '--scenarios') flags.scenarios = value.split(',');
   }
-  flags.rounds ??= flags.quick ? 2 : 5;
+  flags.rounds ??= flags.quick ? 2 : (defaults.rounds ?? 5);
   flags.duration ??= flags.quick ? 2 : (defaults.duration ?? 5); // seconds of measured load per run
   flags.warmup = flags.quick ? 0.5 : 1; // seconds of unmeasured load before each run (JIT, pools)
   return flags;
+}
+
+let serverCpu;
+
+/**
+ * Pin this process (the load generator) to CPU 0 and every server started after it to CPU 1, so
+ * the two never take turns on one core: on a 2-core machine that is most of the run-to-run noise.
+ * Returns a description for the report, or undefined when pinning is off or impossible.
+ */
+export function pinCpus(flags) {
+  if (!flags.pin || os.cpus().length < 2) return undefined;
+  if (spawnSync('taskset', ['-pc', '0', String(process.pid)], { stdio: 'ignore' }).status !== 0)
+    return undefined;
+  serverCpu = String(os.cpus().length - 1);
+  return `load generator pinned to CPU 0, server to CPU ${serverCpu} (taskset)`;
 }
 
 /** A server in a child process (see lib/child.mjs for its side of the protocol). */
@@ -48,6 +67,8 @@ export async function startServer(script, config = {}, { execArgv = [], env = {}
     execArgv,
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   });
+  if (serverCpu !== undefined)
+    spawnSync('taskset', ['-pc', serverCpu, String(child.pid)], { stdio: 'ignore' });
   let ready;
   const pending = new Map();
   let nextId = 0;
@@ -199,6 +220,7 @@ export async function measure(server, options, flags) {
     run.upstreamExecutions = behind.executions;
   }
   run.cpuPerReq = used.cpuMicros / Math.max(1, run.total);
+  run.userCpuPerReq = used.userMicros / Math.max(1, run.total);
   run.cpuMicros = used.cpuMicros;
   run.executions = used.executions;
   const expected = options.status ?? 201;
@@ -256,6 +278,67 @@ export async function runRounds(variants, scenarios, flags, log = console.log) {
         await server.close();
       }
     }
+  }
+  return runs;
+}
+
+/**
+ * Like {@link runRounds}, but every variant's server stays up for the whole benchmark and the
+ * variants take turns scenario by scenario: in each round, one short run of each variant on the
+ * same scenario, back to back, order rotated. A variant's run and its baseline's are then seconds
+ * apart, not minutes, so a drift in what the machine gives the benchmark (a shared 2-core VM's
+ * steal, its clock) hits both alike, and the median of the per-round ratios cancels it. Each
+ * server is warmed once per scenario before the first round (flags.warmup × 3); idle servers
+ * cost nothing.
+ */
+export async function runInterleaved(variants, scenarios, flags, log = console.log) {
+  const servers = new Map();
+  const runs = {};
+  try {
+    for (const variant of variants) {
+      servers.set(variant, await startServer(variant.script, variant.config, variant.spawn));
+    }
+    const warmKeysOf = new Map();
+    for (const variant of variants) {
+      const server = servers.get(variant);
+      for (const scenario of variant.scenarios ?? scenarios) {
+        const prefix = keyPrefix();
+        if (scenario === 'replay') {
+          const keys = warmKeyList(prefix);
+          await warmKeys(server.url, keys, variant.path);
+          warmKeysOf.set(variant, keys);
+        }
+        await load(server.url, {
+          scenario,
+          prefix: `${prefix}x`,
+          keys: warmKeysOf.get(variant),
+          path: variant.path,
+          duration: flags.warmup * 3,
+          connections: flags.connections,
+        });
+      }
+    }
+    const once = { ...flags, warmup: 0 };
+    for (let round = 0; round < flags.rounds; round++) {
+      log(`round ${round + 1}/${flags.rounds}`);
+      for (const scenario of scenarios) {
+        for (const variant of rotated(variants, round)) {
+          if (!(variant.scenarios ?? scenarios).includes(scenario)) continue;
+          const server = servers.get(variant);
+          const run = await measure(
+            server,
+            { scenario, prefix: keyPrefix(), keys: warmKeysOf.get(variant), path: variant.path },
+            once,
+          );
+          (runs[`${variant.name}/${scenario}`] ??= []).push(run);
+          log(
+            `  ${variant.name.padEnd(34)} ${scenario.padEnd(7)} ${fmt(run.rps, 0).padStart(7)} req/s  p99 ${fmt(run.p99, 2)} ms  cpu ${fmt(run.cpuPerReq, 1)} µs/req  handler ran ${run.executions}×`,
+          );
+        }
+      }
+    }
+  } finally {
+    for (const server of servers.values()) await server.close();
   }
   return runs;
 }
@@ -359,7 +442,8 @@ export function header(title, flags, info) {
     `## ${title}`,
     '',
     `${info.date} · Node ${info.node} · ${info.cpus} · ${info.memory} · load average at start ${info.loadAverage}${info.underLoad ? ' (**taken under load: machine shared, figures noisy**)' : ''}`,
-    `${flags.rounds} rounds × ${flags.duration} s per run (+${flags.warmup} s warm-up), ${flags.connections} connections, variants alternated round by round; medians; ratios are medians of same-round ratios. ≈ marks req/s whose spread across rounds exceeds 10 %.`,
+    ...(info.pinned ? [`${info.pinned}.`] : []),
+    `${flags.rounds} rounds × ${flags.duration} s per run (+${flags.warmup} s warm-up), ${flags.connections} connections, ${flags.schedule ?? 'variants alternated round by round'}; medians; ratios are medians of same-round ratios. ≈ marks req/s whose spread across rounds exceeds 10 %.`,
     '',
   ].join('\n');
 }

@@ -4,11 +4,18 @@
  * memory. The @node-idempotency/core driver below follows what its Express and Fastify plugins do
  * (onRequest before the handler, onResponse with the sent payload, replay = status + body); those
  * plugins are not on npm at a version for Express 5 / Fastify 5, so the core is driven directly.
+ * `config.dist` (an absolute path to another build's dist/, see frameworks.mjs --compare) loads
+ * oncely from there instead of this checkout's.
  */
 import { createServer } from 'node:http';
-import { MemoryStore } from '../../dist/index.js';
+import { pathToFileURL } from 'node:url';
 import { closeServer, listen, runChild } from '../lib/child.mjs';
 import { order, PATH } from '../lib/handler.mjs';
+
+/** The URL of one of oncely's built modules: this checkout's, or `config.dist`'s. */
+function oncely(config, module) {
+  return config.dist ? pathToFileURL(`${config.dist}/${module}`).href : `../../dist/${module}`;
+}
 
 async function nodeIdempotency() {
   const { Idempotency, IdempotencyError } = await import('@node-idempotency/core');
@@ -22,13 +29,14 @@ function asParams(request) {
 
 const problemStatus = { REQUEST_IN_PROGRESS: 409, IDEMPOTENCY_FINGERPRINT_MISSMATCH: 422 };
 
-async function expressApp(layer) {
+async function expressApp(layer, config) {
   const express = (await import('express')).default;
   const app = express();
   const stores = [];
   let isHit = () => false;
   if (layer === 'oncely') {
-    const { idempotency } = await import('../../dist/adapters/express.js');
+    const { idempotency } = await import(oncely(config, 'adapters/express.js'));
+    const { MemoryStore } = await import(oncely(config, 'index.js'));
     const store = new MemoryStore();
     stores.push(store);
     app.use(idempotency({ store }));
@@ -87,12 +95,13 @@ async function expressApp(layer) {
   };
 }
 
-async function fastifyApp(layer) {
+async function fastifyApp(layer, config) {
   const Fastify = (await import('fastify')).default;
   const app = Fastify({ logger: false });
   const stores = [];
   if (layer === 'oncely') {
-    const { idempotency } = await import('../../dist/adapters/fastify.js');
+    const { idempotency } = await import(oncely(config, 'adapters/fastify.js'));
+    const { MemoryStore } = await import(oncely(config, 'index.js'));
     const store = new MemoryStore();
     stores.push(store);
     await app.register(idempotency, { store });
@@ -135,13 +144,14 @@ async function fastifyApp(layer) {
   };
 }
 
-async function honoApp(layer) {
+async function honoApp(layer, config) {
   const { Hono } = await import('hono');
   const { serve } = await import('@hono/node-server');
   const app = new Hono();
   const stores = [];
   if (layer === 'oncely') {
-    const { idempotency } = await import('../../dist/adapters/hono.js');
+    const { idempotency } = await import(oncely(config, 'adapters/hono.js'));
+    const { MemoryStore } = await import(oncely(config, 'index.js'));
     const store = new MemoryStore();
     stores.push(store);
     app.use(PATH, idempotency({ store }));
@@ -162,9 +172,10 @@ async function honoApp(layer) {
   };
 }
 
-runChild(async ({ framework, layer }) => {
-  if (framework === 'express') return expressApp(layer);
-  if (framework === 'fastify') return fastifyApp(layer);
-  if (framework === 'hono') return honoApp(layer);
+runChild(async (config) => {
+  const { framework, layer } = config;
+  if (framework === 'express') return expressApp(layer, config);
+  if (framework === 'fastify') return fastifyApp(layer, config);
+  if (framework === 'hono') return honoApp(layer, config);
   throw new Error(`unknown framework ${framework}`);
 });
