@@ -227,7 +227,6 @@ export function captureResponse(res: ServerResponse, execution: Execution): Capt
   installCapture();
   const capture = new Capture(res, execution, captures.get(res));
   captures.set(res, capture);
-  res.once('close', () => capture.closed());
   return capture;
 }
 
@@ -240,6 +239,7 @@ class Capture implements CapturedResponse {
   readonly #queued: Array<() => void> = [];
   /** The handler wrote its head or body: `res.headersSent` reads true while buffered. */
   committed = false;
+  #watching = false;
 
   /** @param outer a capture of the same response by an oncely mounted further out; it gets what this one releases. */
   constructor(
@@ -247,6 +247,18 @@ class Capture implements CapturedResponse {
     readonly execution: Execution,
     readonly outer: Capture | undefined,
   ) {}
+
+  /**
+   * The handler began a response it has not ended: from here on a closing connection means it will
+   * not complete (see closed()). A response sent with one `end()`, as `res.send` does, never needs
+   * the listener.
+   */
+  #commit(): void {
+    this.committed = true;
+    if (this.#watching) return;
+    this.#watching = true;
+    this.res.once('close', () => this.closed());
+  }
 
   /** Stop capturing: from here on, calls reach the outer capture or node. */
   #release(): void {
@@ -291,7 +303,7 @@ class Capture implements CapturedResponse {
   writeHead(status: number, reason?: unknown, headers?: unknown): ServerResponse {
     const res = this.res;
     if (this.#mode === 'stream') return routed.writeHead.call(res, status, reason, headers);
-    this.committed = true;
+    this.#commit();
     res.statusCode = status;
     if (typeof reason === 'string') res.statusMessage = reason;
     else headers ??= reason;
@@ -314,7 +326,7 @@ class Capture implements CapturedResponse {
     const mode = this.#mode;
     if (mode === 'stream') return routed.write.call(res, chunk, encoding, callback);
     if (mode === 'ended') return false;
-    this.committed = true;
+    this.#commit();
     if (mode === 'switching') {
       this.#queued.push(() => routed.write.call(res, chunk, encoding, callback));
       return true;

@@ -2,6 +2,7 @@
  * @module The framework-neutral engine: every decision of SPEC K, M, F, R, L, T, S and P.
  */
 import { randomUUID } from 'node:crypto';
+import { type Deadline, Deadlines } from './deadlines.js';
 import {
   IdempotencyError,
   KeyInUseError,
@@ -86,10 +87,16 @@ const UNRECORDED_HEADERS = new Set([
 export class Engine<Raw = unknown> {
   readonly options: ResolvedOptions<Raw>;
   readonly store: Store;
+  // S2: every store call's timeout, on one timer.
+  readonly #storeDeadlines: Deadlines;
+  /** L3: when each execution's lease is next renewed, on one timer. @internal */
+  readonly heartbeats: Deadlines;
 
   constructor(options?: IdempotencyOptions<Raw>) {
     this.options = resolveOptions(options);
     this.store = this.options.store;
+    this.#storeDeadlines = new Deadlines(this.options.storeTimeoutMs);
+    this.heartbeats = new Deadlines(Math.max(1, Math.floor(this.options.lockTimeoutMs / 3)));
   }
 
   /**
@@ -155,27 +162,27 @@ export class Engine<Raw = unknown> {
 
   /** Run one store call under `storeTimeoutMs` (S2: a hung store must not hang requests). */
   callStore<T>(operation: string, call: () => Promise<T>): Promise<T> {
-    const ms = this.options.storeTimeoutMs;
-    // One promise and one timer per call (no Promise.race + finally): this runs two or three times
-    // per keyed request.
+    const deadlines = this.#storeDeadlines;
+    // One promise and one list entry per call (no Promise.race, no timer of its own): this runs two
+    // or three times per keyed request.
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new StoreTimeoutError(operation, ms)), ms);
+      const deadline = deadlines.add(() => reject(new StoreTimeoutError(operation, deadlines.ms)));
       let result: Promise<T>;
       try {
         result = call();
       } catch (error) {
-        clearTimeout(timer);
+        deadline.cancel();
         reject(error);
         return;
       }
       // Promise.resolve: a store written in JavaScript may hand back a plain value.
       Promise.resolve(result).then(
         (value) => {
-          clearTimeout(timer);
+          deadline.cancel();
           resolve(value);
         },
         (error: unknown) => {
-          clearTimeout(timer);
+          deadline.cancel();
           reject(error);
         },
       );
@@ -303,7 +310,7 @@ export class RequestContext<Raw> {
  */
 export class Execution {
   readonly #context: RequestContext<unknown>;
-  #heartbeat: NodeJS.Timeout | undefined;
+  #heartbeat: Deadline | undefined;
   #settled = false;
   #lost = false;
 
@@ -311,10 +318,15 @@ export class Execution {
   // biome-ignore lint/suspicious/noExplicitAny: the execution does not depend on the raw request type
   constructor(context: RequestContext<any>) {
     this.#context = context;
-    const { engine } = context;
-    const leaseMs = engine.options.lockTimeoutMs;
-    this.#heartbeat = setInterval(() => this.#renew(leaseMs), Math.max(1, Math.floor(leaseMs / 3)));
-    this.#heartbeat.unref();
+    this.#beat();
+  }
+
+  // L3: renew every third of the lease while the handler runs.
+  #beat(): void {
+    this.#heartbeat = this.#context.engine.heartbeats.add(() => {
+      this.#beat();
+      void this.#renew(this.#context.engine.options.lockTimeoutMs);
+    });
   }
 
   /** The request being executed (with its body), for adapters that must hand the body back to the app. */
@@ -420,7 +432,7 @@ export class Execution {
   #settle(): boolean {
     if (this.#settled) return false;
     this.#settled = true;
-    clearInterval(this.#heartbeat);
+    this.#heartbeat?.cancel();
     return true;
   }
 
@@ -433,7 +445,7 @@ export class Execution {
       if (!renewed && !this.#settled) {
         // L4: someone took the lease over; our outcome will be refused. Stop renewing.
         this.#lost = true;
-        clearInterval(this.#heartbeat);
+        this.#heartbeat?.cancel();
       }
     } catch (error) {
       // A missed renewal is retried on the next beat; the lease outlives two of them.
