@@ -224,6 +224,39 @@ describe('oncely/fastify capture', () => {
     expect(runs).toBe(1);
   });
 
+  it('F1: over a socket, a small body is peeked at in place: Fastify parses the request stream itself', async () => {
+    const parsed: Array<{ own: boolean; text: string }> = [];
+    await build({}, (a) => {
+      a.addContentTypeParser('application/json', (request, payload, done) => {
+        const chunks: Buffer[] = [];
+        payload.on('data', (chunk: Buffer) => chunks.push(chunk));
+        payload.on('end', () => {
+          const text = Buffer.concat(chunks).toString();
+          // The request's own stream, not a copy of bytes oncely read off it.
+          parsed.push({ own: payload === request.raw, text });
+          done(null, JSON.parse(text));
+        });
+      });
+      a.post('/o', async (req) => {
+        runs++;
+        return { body: req.body };
+      });
+    });
+    const url = `${await app.listen({ host: '127.0.0.1', port: 0 })}/o`;
+    const post = (body: string) =>
+      fetch(url, {
+        method: 'POST',
+        headers: keyed('key-00000001', { 'content-type': 'application/json' }),
+        body,
+      });
+    const first = await post('{"amount":42}');
+    expect(await first.json()).toEqual({ body: { amount: 42 } });
+    expect(parsed).toEqual([{ own: true, text: '{"amount":42}' }]);
+    expect((await post('{"amount":42}')).headers.get('idempotent-replayed')).toBe('true');
+    expect((await post('{"amount":43}')).status).toBe(422);
+    expect(runs).toBe(1);
+  });
+
   it('L2, R4: a concurrent duplicate gets 409, which is not recorded', async () => {
     const entered = deferred();
     const release = deferred();

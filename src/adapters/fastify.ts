@@ -123,8 +123,11 @@ class FastifyIncoming implements IncomingRequest<FastifyRequest> {
     if (declared !== undefined && Number(declared) > limit) throw new RequestTooLargeError(limit);
     // A small body is usually in the payload's buffer already, or one microtask later (node parses
     // the rest of the packet after the head): peeked at, the payload itself goes on to Fastify.
-    this.peeked =
-      peekBuffered(this.payload, declared) ?? (await Promise.resolve(peekBuffered(this.payload, declared)));
+    this.peeked = peekBuffered(this.payload, declared);
+    if (this.peeked === undefined) {
+      await Promise.resolve();
+      this.peeked = peekBuffered(this.payload, declared);
+    }
     if (this.peeked !== undefined) return this.peeked;
     // Past the limit the rest drains unread, so the connection stays usable for the 413.
     this.read = await readStreamLimited(this.payload, limit, {
