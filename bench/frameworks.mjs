@@ -19,6 +19,7 @@
 import { join } from 'node:path';
 import {
   BENCH_DIR,
+  fmt,
   header,
   machine,
   markdownTable,
@@ -45,15 +46,16 @@ const only = process.argv
 const compare = process.argv.find((arg) => arg.startsWith('--compare='))?.slice('--compare='.length);
 const scenarios = flags.scenarios ?? ['new', 'replay', 'nokey'];
 const frameworks = {
-  express: ['none', 'oncely', 'express-idempotency', 'node-idempotency'],
-  fastify: ['none', 'oncely', 'node-idempotency'],
-  hono: ['none', 'oncely'],
+  express: ['none', 'noop', 'oncely', 'express-idempotency', 'node-idempotency'],
+  fastify: ['none', 'noop', 'oncely', 'node-idempotency'],
+  hono: ['none', 'noop', 'oncely'],
 };
 const label = {
   express: 'Express 5',
   fastify: 'Fastify 5',
   hono: 'Hono (node-server)',
   none: 'baseline',
+  noop: '+ no-op middleware (control)',
   oncely: '+ oncely',
   'oncely-compare': '+ oncely (--compare)',
   'none-again': 'baseline again (A/A)',
@@ -73,7 +75,7 @@ const sections = [header('Frameworks: baseline vs oncely vs peers (memory stores
 const data = { info, flags, results: {} };
 for (const framework of flags.only ?? Object.keys(frameworks)) {
   const layers = frameworks[framework].filter((layer) => only === undefined || only.includes(layer));
-  if (compare) layers.splice(2, 0, 'oncely-compare');
+  if (compare) layers.splice(layers.indexOf('oncely') + 1, 0, 'oncely-compare');
   // An A/A control: the baseline again, as a variant. Its ratio shows the noise floor of the run.
   if (aa) layers.splice(1, 0, 'none-again');
   const variants = layers.map((layer) => ({
@@ -105,20 +107,18 @@ for (const framework of flags.only ?? Object.keys(frameworks)) {
         variant === variants[0] ? undefined : runs[`${variants[0].name}/${scenario}`],
       );
       summaries[`${variant.name}/${scenario}`] = s;
-      rows.push(
-        summaryRow(
-          variant.name,
-          scenario,
-          s,
-          variant.config.layer === 'oncely' && !variant.config.dist
-            ? targets[framework][scenario]
-            : undefined,
-        ),
-      );
+      const target =
+        variant.config.layer === 'oncely' && !variant.config.dist ? targets[framework][scenario] : undefined;
+      rows.push([...summaryRow(variant.name, scenario, s, target), fmt(s.userCpuPerReq, 1)]);
     }
   }
   data.results[framework] = { summaries, runs };
-  sections.push(`### ${label[framework]}`, '', markdownTable(SUMMARY_HEADER, rows), '');
+  sections.push(
+    `### ${label[framework]}`,
+    '',
+    markdownTable([...SUMMARY_HEADER, 'of which user µs/req'], rows),
+    '',
+  );
 }
 const markdown = sections.join('\n');
 const file = writeResults(flags.quick ? 'frameworks.quick' : 'frameworks', data, markdown);

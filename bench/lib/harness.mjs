@@ -351,6 +351,7 @@ export function summarise(runs, baseline) {
     p50: median(runs.map((r) => r.p50)),
     p99: median(runs.map((r) => r.p99)),
     cpuPerReq: median(runs.map((r) => r.cpuPerReq)),
+    userCpuPerReq: median(runs.map((r) => r.userCpuPerReq)),
     executionsPerReq: median(runs.map((r) => (r.upstreamExecutions ?? r.executions) / Math.max(1, r.total))),
     upstreamCpuPerReq: median(runs.map((r) => r.upstreamCpuPerReq)),
     bad: runs.reduce((sum, r) => sum + r.bad + r.errors, 0),

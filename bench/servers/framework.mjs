@@ -1,6 +1,7 @@
 /**
  * Framework benchmark server. config: { framework: 'express'|'fastify'|'hono',
- * layer: 'none'|'oncely'|'express-idempotency'|'node-idempotency' }. Every layer keeps records in
+ * layer: 'none'|'noop'|'oncely'|'express-idempotency'|'node-idempotency' } ('noop': a middleware or
+ * hooks that do nothing, the control for what any middleware costs). Every layer keeps records in
  * memory. The @node-idempotency/core driver below follows what its Express and Fastify plugins do
  * (onRequest before the handler, onResponse with the sent payload, replay = status + body); those
  * plugins are not on npm at a version for Express 5 / Fastify 5, so the core is driven directly.
@@ -40,6 +41,11 @@ async function expressApp(layer, config) {
     const store = new MemoryStore();
     stores.push(store);
     app.use(idempotency({ store }));
+  } else if (layer === 'noop') {
+    // The control: one middleware that does nothing, the floor of any middleware's cost.
+    app.use(function noop(_req, _res, next) {
+      next();
+    });
   } else if (layer === 'express-idempotency') {
     const peer = (await import('express-idempotency')).default;
     app.use(express.json());
@@ -105,6 +111,11 @@ async function fastifyApp(layer, config) {
     const store = new MemoryStore();
     stores.push(store);
     await app.register(idempotency, { store });
+  } else if (layer === 'noop') {
+    // The control: the route hooks oncely adds (preParsing, onSend, onResponse), doing nothing.
+    app.addHook('preParsing', (_request, _reply, payload, done) => done(null, payload));
+    app.addHook('onSend', (_request, _reply, payload, done) => done(null, payload));
+    app.addHook('onResponse', (_request, _reply, done) => done());
   } else if (layer === 'node-idempotency') {
     const { core, IdempotencyError } = await nodeIdempotency();
     app.addHook('preHandler', async (request, reply) => {
@@ -155,6 +166,9 @@ async function honoApp(layer, config) {
     const store = new MemoryStore();
     stores.push(store);
     app.use(PATH, idempotency({ store }));
+  } else if (layer === 'noop') {
+    // The control: one middleware that does nothing, the floor of any middleware's cost.
+    app.use(PATH, (_c, next) => next());
   } else if (layer !== 'none') throw new Error(`unknown layer ${layer}`);
   app.post(PATH, async (c) => c.json(order(await c.req.json()), 201));
   let server;
