@@ -5,7 +5,7 @@
  * Ratios are against the same framework's baseline in the same round.
  *
  *   npm run build && node bench/frameworks.mjs [--quick] [--only=express,fastify,hono] [--rounds=N] [--duration=S]
- *     [--scenarios=new,replay,nokey] [--profile] [--compare=/abs/path/to/other/dist] [--aa] [--no-pin]
+ *     [--scenarios=new,replay,nokey] [--profile] [--compare=/abs/other/dist[,/abs/third/dist…]] [--aa] [--no-pin]
  *     [--layers=none,oncely,…]
  *
  * `--compare` adds a variant running oncely from another build (a worktree of an earlier commit,
@@ -43,7 +43,10 @@ const only = process.argv
   .find((arg) => arg.startsWith('--layers='))
   ?.slice('--layers='.length)
   .split(',');
-const compare = process.argv.find((arg) => arg.startsWith('--compare='))?.slice('--compare='.length);
+const compare = process.argv
+  .find((arg) => arg.startsWith('--compare='))
+  ?.slice('--compare='.length)
+  .split(',');
 const scenarios = flags.scenarios ?? ['new', 'replay', 'nokey'];
 const frameworks = {
   express: ['none', 'noop', 'oncely', 'express-idempotency', 'node-idempotency'],
@@ -57,7 +60,6 @@ const label = {
   none: 'baseline',
   noop: '+ no-op middleware (control)',
   oncely: '+ oncely',
-  'oncely-compare': '+ oncely (--compare)',
   'none-again': 'baseline again (A/A)',
   'express-idempotency': '+ express-idempotency',
   'node-idempotency': '+ @node-idempotency/core',
@@ -75,16 +77,17 @@ const sections = [header('Frameworks: baseline vs oncely vs peers (memory stores
 const data = { info, flags, results: {} };
 for (const framework of flags.only ?? Object.keys(frameworks)) {
   const layers = frameworks[framework].filter((layer) => only === undefined || only.includes(layer));
-  if (compare) layers.splice(layers.indexOf('oncely') + 1, 0, 'oncely-compare');
+  // One variant per --compare build, right after this checkout's oncely.
+  if (compare) layers.splice(layers.indexOf('oncely') + 1, 0, ...compare.map((_, i) => `compare-${i}`));
   // An A/A control: the baseline again, as a variant. Its ratio shows the noise floor of the run.
   if (aa) layers.splice(1, 0, 'none-again');
+  const compared = (layer) => compare?.[Number(layer.slice('compare-'.length))];
   const variants = layers.map((layer) => ({
-    name: `${label[framework]} ${label[layer]}`,
+    name: `${label[framework]} ${layer.startsWith('compare-') ? `+ oncely from ${compared(layer)}` : label[layer]}`,
     script: 'framework.mjs',
-    config:
-      layer === 'oncely-compare'
-        ? { framework, layer: 'oncely', dist: compare }
-        : { framework, layer: layer === 'none-again' ? 'none' : layer },
+    config: layer.startsWith('compare-')
+      ? { framework, layer: 'oncely', dist: compared(layer) }
+      : { framework, layer: layer === 'none-again' ? 'none' : layer },
     spawn: flags.profile
       ? {
           execArgv: [
