@@ -1,6 +1,7 @@
 /**
  * @module oncely/koa: idempotency middleware for Koa 2 and 3.
  */
+import { Stream } from 'node:stream';
 import type { Context, Next } from 'koa';
 import { Engine, PASS } from '../core/engine.js';
 import type { IdempotencyOptions } from '../core/options.js';
@@ -48,8 +49,14 @@ export function idempotency(options?: IdempotencyOptions<Context>): IdempotencyM
       return;
     }
     // Errors are left to Koa: its error response goes through ctx.res and is recorded (R3).
-    captureResponse(ctx.res, decided.execution);
+    const captured = captureResponse(ctx.res, decided.execution);
     await next();
+    // R3: Koa 3 pipes a stream body with pipeline(), which aborts the response when the stream
+    // fails midway; Koa 2 uses .pipe() and leaves it open, the key in flight and the client waiting.
+    // Once Koa has reacted (a turn later), a response still being buffered is failed: the 500 problem
+    // is recorded and sent. Where Koa already ended or aborted it, fail() does nothing.
+    const body: unknown = ctx.body;
+    if (body instanceof Stream) body.once('error', (error) => setImmediate(() => captured.fail(error)));
   }
   return Object.assign(idempotencyMiddleware, { engine });
 }

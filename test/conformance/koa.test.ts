@@ -1,4 +1,5 @@
-import { koaFixture } from './fixtures/koa.js';
+import { koa2Fixture, koa3Fixture } from './fixtures/koa.js';
 import { describeConformance } from './suite.js';
 
-describeConformance(koaFixture);
+describeConformance(koa2Fixture);
+describeConformance(koa3Fixture);
