@@ -32,11 +32,8 @@ import {
   writeResults,
 } from './lib/harness.mjs';
 
-const flags = {
-  ...parseFlags(process.argv.slice(2), { duration: 2, rounds: 10 }),
-  schedule:
-    'all servers up at once, each round runs every variant on a scenario back to back (order rotated)',
-};
+const flags = parseFlags(process.argv.slice(2), { duration: 2, rounds: 10 });
+flags.schedule = `all servers up at once, each warmed ${flags.warmup * 3} s per scenario before the first round, then every round runs every variant on a scenario back to back (order rotated)`;
 const info = { ...machine(), pinned: pinCpus(flags) };
 const aa = process.argv.includes('--aa');
 const only = process.argv

@@ -444,7 +444,7 @@ export function header(title, flags, info) {
     '',
     `${info.date} · Node ${info.node} · ${info.cpus} · ${info.memory} · load average at start ${info.loadAverage}${info.underLoad ? ' (**taken under load: machine shared, figures noisy**)' : ''}`,
     ...(info.pinned ? [`${info.pinned}.`] : []),
-    `${flags.rounds} rounds × ${flags.duration} s per run (+${flags.warmup} s warm-up), ${flags.connections} connections, ${flags.schedule ?? 'variants alternated round by round'}; medians; ratios are medians of same-round ratios. ≈ marks req/s whose spread across rounds exceeds 10 %.`,
+    `${flags.rounds} rounds × ${flags.duration} s per run${flags.schedule ? '' : ` (+${flags.warmup} s warm-up)`}, ${flags.connections} connections, ${flags.schedule ?? 'variants alternated round by round'}; medians; ratios are medians of same-round ratios. ≈ marks req/s whose spread across rounds exceeds 10 %.`,
     '',
   ].join('\n');
 }
