@@ -5,7 +5,7 @@
  * Ratios are against the same framework's baseline in the same round.
  *
  *   npm run build && node bench/frameworks.mjs [--quick] [--only=express,fastify,hono] [--rounds=N] [--duration=S]
- *     [--scenarios=new,replay,nokey] [--profile] [--compare=/abs/other/dist[,/abs/third/dist…]] [--aa] [--no-pin]
+ *     [--scenarios=new,replay,nokey] [--profile] [--compare=/abs/other/dist[,/abs/third/dist…]] [--aa] [--no-pin] [--seed=N]
  *     [--layers=none,oncely,…]
  *
  * `--compare` adds a variant running oncely from another build (a worktree of an earlier commit,
@@ -33,7 +33,7 @@ import {
 } from './lib/harness.mjs';
 
 const flags = parseFlags(process.argv.slice(2), { duration: 2, rounds: 10 });
-flags.schedule = `all servers up at once, each warmed ${flags.warmup * 3} s per scenario before the first round, then every round runs every variant on a scenario back to back (order rotated)`;
+flags.schedule = `all servers up at once, each warmed ${flags.warmup * 3} s per scenario before the first round, then every round runs every variant on a scenario back to back, in an order shuffled every round (seed ${flags.seed ?? 1})`;
 const info = { ...machine(), pinned: pinCpus(flags) };
 const aa = process.argv.includes('--aa');
 const only = process.argv

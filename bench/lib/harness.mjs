@@ -38,6 +38,7 @@ export function parseFlags(argv = process.argv.slice(2), defaults = {}) {
     else if (name === '--connections') flags.connections = Number(value);
     else if (name === '--only') flags.only = value.split(',');
     else if (name === '--scenarios') flags.scenarios = value.split(',');
+    else if (name === '--seed') flags.seed = Number(value);
   }
   flags.rounds ??= flags.quick ? 2 : (defaults.rounds ?? 5);
   flags.duration ??= flags.quick ? 2 : (defaults.duration ?? 5); // seconds of measured load per run
@@ -248,6 +249,32 @@ export function rotated(list, round) {
 }
 
 /**
+ * A random order of `list` from `random` (Fisher–Yates). Rotation keeps every variant behind the
+ * same neighbour in every round, so whatever a run leaves behind (a server still collecting garbage
+ * on the shared CPU) always lands on the same next variant; a shuffle spreads it over all of them.
+ */
+export function shuffled(list, random) {
+  const out = [...list];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
+
+/** A seeded PRNG (mulberry32): the same seed gives the same run orders. */
+export function seededRandom(seed) {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
  * Run every variant × scenario for `flags.rounds` rounds, one server at a time (a fresh server per
  * variant per round), and return raw runs keyed `variant/scenario`.
  * variants: [{ name, script, config, scenarios: [...], prepare?(server, scenario) }]
@@ -285,7 +312,7 @@ export async function runRounds(variants, scenarios, flags, log = console.log) {
 /**
  * Like {@link runRounds}, but every variant's server stays up for the whole benchmark and the
  * variants take turns scenario by scenario: in each round, one short run of each variant on the
- * same scenario, back to back, order rotated. A variant's run and its baseline's are then seconds
+ * same scenario, back to back, order shuffled every round (see shuffled). A variant's run and its baseline's are then seconds
  * apart, not minutes, so a drift in what the machine gives the benchmark (a shared 2-core VM's
  * steal, its clock) hits both alike, and the median of the per-round ratios cancels it. Each
  * server is warmed once per scenario before the first round (flags.warmup × 3); idle servers
@@ -319,10 +346,11 @@ export async function runInterleaved(variants, scenarios, flags, log = console.l
       }
     }
     const once = { ...flags, warmup: 0 };
+    const random = seededRandom(flags.seed ?? 1);
     for (let round = 0; round < flags.rounds; round++) {
       log(`round ${round + 1}/${flags.rounds}`);
       for (const scenario of scenarios) {
-        for (const variant of rotated(variants, round)) {
+        for (const variant of shuffled(variants, random)) {
           if (!(variant.scenarios ?? scenarios).includes(scenario)) continue;
           const server = servers.get(variant);
           const run = await measure(
