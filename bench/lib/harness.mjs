@@ -312,8 +312,8 @@ export async function runRounds(variants, scenarios, flags, log = console.log) {
 /**
  * Like {@link runRounds}, but every variant's server stays up for the whole benchmark and the
  * variants take turns scenario by scenario: in each round, one short run of each variant on the
- * same scenario, back to back, order shuffled every round (see shuffled). A variant's run and its baseline's are then seconds
- * apart, not minutes, so a drift in what the machine gives the benchmark (a shared 2-core VM's
+ * same scenario, back to back, in an order shuffled every round (see shuffled). A variant's run
+ * and its baseline's are then seconds apart, not minutes, so a drift in what the machine gives the benchmark (a shared 2-core VM's
  * steal, its clock) hits both alike, and the median of the per-round ratios cancels it. Each
  * server is warmed once per scenario before the first round (flags.warmup × 3); idle servers
  * cost nothing.
