@@ -2,6 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { gunzipSync } from 'node:zlib';
+import compression from 'compression';
 import express5, { type Express, type NextFunction, type Request, type Response } from 'express';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { deferred, type RunningServer } from '../../test/conformance/app.js';
@@ -297,6 +299,33 @@ describe.each([
     expect(again.text).toBe('CREATED');
     expect(runs.count).toBe(1);
   });
+
+  it.each([
+    ['compression, then oncely', true],
+    ['oncely, then compression', false],
+  ])(
+    'R1, R5: with %s, the compressed bytes and their Content-Encoding are recorded and replayed',
+    async (_order, compressionFirst) => {
+      const text = 'order '.repeat(500);
+      const { runs, post } = await serve((app, counted) => {
+        if (compressionFirst) app.use(compression({ threshold: 0 }));
+        app.use(idempotency());
+        if (!compressionFirst) app.use(compression({ threshold: 0 }));
+        app.use(counted((_req, res) => res.status(201).json({ text })));
+      });
+      const key = newKey();
+      const gzip = { 'accept-encoding': 'gzip' };
+      const first = await post({ key, headers: gzip });
+      expect(first.status).toBe(201);
+      expect(first.headers['content-encoding']).toBe('gzip');
+      expect(first.body.byteLength).toBeLessThan(text.length);
+      expect(JSON.parse(gunzipSync(first.body).toString())).toEqual({ text });
+      const again = await post({ key, headers: gzip });
+      expectReplay(first, again);
+      expect(again.headers['content-encoding']).toBe('gzip');
+      expect(runs.count).toBe(1);
+    },
+  );
 
   it('capturing a response adds no property to it (a response whose prototype Express swapped keeps its shape)', async () => {
     const seen: { before?: (string | symbol)[]; during?: (string | symbol)[] } = {};
