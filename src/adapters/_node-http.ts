@@ -4,7 +4,7 @@
  */
 import { type IncomingMessage, type OutgoingHttpHeaders, OutgoingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { peekBuffered, readLimited, readStreamLimited } from '../core/body.js';
+import { peekBuffered, peekNext, readLimited, readStreamLimited } from '../core/body.js';
 import type { Execution, IncomingRequest, OutgoingResponse } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
 import type { HeaderMap } from '../core/store.js';
@@ -48,9 +48,7 @@ export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> 
       return Promise.resolve(body);
     }
     if (req.readableEnded || req.destroyed) return readByIterator(req, limit);
-    // node emits 'request' on the head, then parses the rest of the packet, where a small body
-    // usually is: one microtask later it sits in the buffer whole, to be peeked at, not streamed.
-    return Promise.resolve().then(() => peekBuffered(req, declared) ?? readByListeners(req, limit));
+    return peekNext(req, declared).then((body) => body ?? readByListeners(req, limit));
   }
 }
 

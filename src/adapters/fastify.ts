@@ -12,7 +12,7 @@ import type {
   RouteOptions,
 } from 'fastify';
 import fp from 'fastify-plugin';
-import { peekBuffered, readStreamLimited } from '../core/body.js';
+import { peekBuffered, peekNext, readStreamLimited } from '../core/body.js';
 import { Engine, type Execution, type IncomingRequest, PASS } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
 import type { IdempotencyOptions } from '../core/options.js';
@@ -121,13 +121,9 @@ class FastifyIncoming implements IncomingRequest<FastifyRequest> {
   async readBody(limit: number): Promise<Uint8Array> {
     const declared = this.raw.headers['content-length'];
     if (declared !== undefined && Number(declared) > limit) throw new RequestTooLargeError(limit);
-    // A small body is usually in the payload's buffer already, or one microtask later (node parses
-    // the rest of the packet after the head): peeked at, the payload itself goes on to Fastify.
-    this.peeked = peekBuffered(this.payload, declared);
-    if (this.peeked === undefined) {
-      await Promise.resolve();
-      this.peeked = peekBuffered(this.payload, declared);
-    }
+    // A small body is usually in the payload's buffer already, or one microtask later: peeked at,
+    // the payload itself goes on to Fastify.
+    this.peeked = peekBuffered(this.payload, declared) ?? (await peekNext(this.payload, declared));
     if (this.peeked !== undefined) return this.peeked;
     // Past the limit the rest drains unread, so the connection stays usable for the 413.
     this.read = await readStreamLimited(this.payload, limit, {

@@ -149,3 +149,16 @@ export function peekBuffered(
   stream.unshift(body);
   return body.byteLength === length ? body : undefined;
 }
+
+/**
+ * {@link peekBuffered} one microtask from now. node emits a request on its head and only then
+ * parses the rest of the packet, where a small body usually is: by the next microtask it often sits
+ * in the buffer whole. (The peek must run inside the callback: `Promise.resolve(peekBuffered(…))`
+ * would peek at once.)
+ */
+export function peekNext(
+  stream: BufferedReadable,
+  declaredLength: string | null | undefined,
+): Promise<Uint8Array | undefined> {
+  return Promise.resolve().then(() => peekBuffered(stream, declaredLength));
+}
