@@ -295,11 +295,8 @@ export async function runRounds(variants, scenarios, flags, log = console.log) {
             { scenario, prefix, keys, path: variant.path, observer: variant.observer },
             flags,
           );
-          const executions = run.upstreamExecutions ?? run.executions;
           (runs[`${variant.name}/${scenario}`] ??= []).push(run);
-          log(
-            `  ${variant.name.padEnd(34)} ${scenario.padEnd(7)} ${fmt(run.rps, 0).padStart(7)} req/s  p99 ${fmt(run.p99, 2)} ms  cpu ${fmt(run.cpuPerReq, 1)} µs/req  handler ran ${executions}×`,
-          );
+          log(runLine(variant, scenario, run));
         }
       } finally {
         await server.close();
@@ -309,12 +306,19 @@ export async function runRounds(variants, scenarios, flags, log = console.log) {
   return runs;
 }
 
+/** One run's progress line. */
+function runLine(variant, scenario, run) {
+  const executions = run.upstreamExecutions ?? run.executions;
+  return `  ${variant.name.padEnd(34)} ${scenario.padEnd(7)} ${fmt(run.rps, 0).padStart(7)} req/s  p99 ${fmt(run.p99, 2)} ms  cpu ${fmt(run.cpuPerReq, 1)} µs/req  handler ran ${executions}×`;
+}
+
 /**
  * Like {@link runRounds}, but every variant's server stays up for the whole benchmark and the
  * variants take turns scenario by scenario: in each round, one short run of each variant on the
  * same scenario, back to back, in an order shuffled every round (see shuffled). A variant's run
- * and its baseline's are then seconds apart, not minutes, so a drift in what the machine gives the benchmark (a shared 2-core VM's
- * steal, its clock) hits both alike, and the median of the per-round ratios cancels it. Each
+ * and its baseline's are then seconds apart, not minutes, so a drift in what the machine gives the
+ * benchmark (a shared 2-core VM's steal, its clock) hits both alike, and the median of the
+ * per-round ratios cancels it. Each
  * server is warmed once per scenario before the first round (flags.warmup × 3); idle servers
  * cost nothing.
  */
@@ -359,9 +363,7 @@ export async function runInterleaved(variants, scenarios, flags, log = console.l
             once,
           );
           (runs[`${variant.name}/${scenario}`] ??= []).push(run);
-          log(
-            `  ${variant.name.padEnd(34)} ${scenario.padEnd(7)} ${fmt(run.rps, 0).padStart(7)} req/s  p99 ${fmt(run.p99, 2)} ms  cpu ${fmt(run.cpuPerReq, 1)} µs/req  handler ran ${run.executions}×`,
-          );
+          log(runLine(variant, scenario, run));
         }
       }
     }
