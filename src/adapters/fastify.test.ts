@@ -306,6 +306,80 @@ describe('oncely/fastify capture', () => {
     expect(second.headers['content-type']).toBeUndefined();
   });
 
+  it("R2, R5: a replay is the recorded response, not passed through the application's onSend hooks again", async () => {
+    const responses: number[] = [];
+    await build({}, (a) => {
+      // A transforming hook (compression, signing, an envelope) ran on the recorded response already.
+      a.addHook('onSend', async (_request, reply, payload) => {
+        reply.header('x-signed', 'yes');
+        return `${String(payload)}!`;
+      });
+      a.addHook('onResponse', async (_request, reply) => {
+        responses.push(reply.statusCode);
+      });
+      a.post('/o', async () => ({ runs: ++runs }));
+    });
+    const { first, second } = await twice('/o');
+    // onResponse hooks still see the replay.
+    expect(responses).toEqual([200, 200]);
+    expect(first.body).toBe('{"runs":1}!');
+    expect(second.body).toBe('{"runs":1}!');
+    expect(second.headers['x-signed']).toBe('yes');
+    expect(second.headers['idempotent-replayed']).toBe('true');
+  });
+
+  it("R2: a replay keeps headers this request's onRequest hooks set; recorded headers win", async () => {
+    let request = 0;
+    await build({}, (a) => {
+      a.addHook('onRequest', async (_request, reply) => {
+        request++;
+        reply.header('x-run', 'from the hook');
+        if (request > 1) reply.header('x-late', 'yes');
+      });
+      a.post('/o', async (_req, reply) => reply.header('x-run', String(++runs)).send({ runs }));
+    });
+    const { first, second } = await twice('/o');
+    expect(first.headers['x-late']).toBeUndefined();
+    expect(second.headers['x-late']).toBe('yes');
+    expect(second.headers['x-run']).toBe('1');
+    expect(second.body).toBe(first.body);
+  });
+
+  it("R3: a client leaving while the handler runs does not settle the key: the handler's response is recorded", async () => {
+    const entered = deferred();
+    const left = deferred();
+    const release = deferred();
+    await build({}, (a) =>
+      a.post('/hold', async (req, reply) => {
+        runs++;
+        req.raw.socket.once('close', () => left.resolve());
+        entered.resolve();
+        await release.promise;
+        return reply.code(201).send({ runs });
+      }),
+    );
+    const url = `${await app.listen({ host: '127.0.0.1', port: 0 })}/hold`;
+    const post = (signal?: AbortSignal) =>
+      fetch(url, {
+        method: 'POST',
+        headers: keyed('key-00000001', { 'content-type': 'application/json' }),
+        body: '{}',
+        signal,
+      });
+    const abort = new AbortController();
+    const gone = post(abort.signal).catch((error: Error) => error.name);
+    await entered.promise;
+    abort.abort();
+    expect(await gone).toBe('AbortError');
+    await left.promise;
+    release.resolve();
+    const retry = await post();
+    expect(retry.status).toBe(201);
+    expect(await retry.json()).toEqual({ runs: 1 });
+    expect(retry.headers.get('idempotent-replayed')).toBe('true');
+    expect(runs).toBe(1);
+  });
+
   it('R5: a 204 is replayed as a 204 without body', async () => {
     await build({}, (a) =>
       a.post('/empty', async (_req, reply) => {

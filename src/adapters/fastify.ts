@@ -6,19 +6,18 @@ import type {
   FastifyPluginAsync,
   FastifyReply,
   FastifyRequest,
-  onResponseHookHandler,
   onSendHookHandler,
   preParsingHookHandler,
   RouteOptions,
 } from 'fastify';
 import fp from 'fastify-plugin';
 import { peekBuffered, peekNext, readStreamLimited } from '../core/body.js';
-import { Engine, type Execution, type IncomingRequest, PASS } from '../core/engine.js';
+import { Engine, type Execution, type IncomingRequest, type OutgoingResponse, PASS } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import type { Store } from '../core/store.js';
 import { MemoryStore } from '../stores/memory.js';
-import { headerMap } from './_node-http.js';
+import { headerMap, writeResponse } from './_node-http.js';
 
 /** Options of the plugin; `scope` and `fingerprint` receive the `FastifyRequest` as `raw`. */
 export type FastifyIdempotencyOptions = IdempotencyOptions<FastifyRequest>;
@@ -30,9 +29,8 @@ declare module 'fastify' {
   }
 }
 
-/** What oncely did with one request: it answered (replay/problem), or it is recording an execution. */
-type RequestState = { kind: 'answered'; contentType: boolean } | { kind: 'executing'; execution: Execution };
-const states = new WeakMap<FastifyRequest, RequestState>();
+// The execution of each keyed request that won the lock, from preParsing until its onSend.
+const executions = new WeakMap<FastifyRequest, Execution>();
 
 /** Route-level hooks must stay arrays; Fastify accepts a function, an array or nothing. */
 function appendHook<T>(existing: T | T[] | undefined, hook: T): T[] {
@@ -42,8 +40,8 @@ function appendHook<T>(existing: T | T[] | undefined, hook: T): T[] {
 
 /** The hooks of one route, bound to that route's engine (created once, at `onRoute`). */
 function routeHooks(engine: Engine<FastifyRequest>) {
-  // Callback style, not async: Fastify only stops the chain on `reply.send()` from a hook reliably
-  // when `done` is never called; an async hook would resolve and let parsing go on.
+  // Callback style, not async: a request oncely answers must stop here, so `done` is never called
+  // for it; an async hook would resolve and let parsing go on.
   const preParsing: preParsingHookHandler = function oncelyPreParsing(request, reply, payload, done) {
     const incoming = new FastifyIncoming(request, payload);
     const decision = engine.begin(incoming);
@@ -52,16 +50,18 @@ function routeHooks(engine: Engine<FastifyRequest>) {
       (decided) => {
         // S2 fail-open: the handler runs unprotected, with the body oncely already read.
         if (decided.action === 'pass') return done(null, incoming.body());
-        if (decided.action === 'respond') {
-          const { status, headers, body } = decided.response;
-          states.set(request, { kind: 'answered', contentType: headers['content-type'] !== undefined });
-          reply.code(status).headers(headers);
-          reply.send(
-            body.byteLength === 0 ? undefined : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
-          );
-          return;
-        }
-        states.set(request, { kind: 'executing', execution: decided.execution });
+        if (decided.action === 'respond') return answer(reply, decided.response);
+        const execution = decided.execution;
+        executions.set(request, execution);
+        // R3, L5: a reply that never passes onSend (hijacked, written to reply.raw) still settles the
+        // key when its connection closes, so a retry never re-runs the handler. One listener on keyed
+        // requests only: an onResponse hook would make Fastify watch every response it sends.
+        reply.raw.once('close', () => {
+          if (reply.sent && executions.get(request) === execution) {
+            executions.delete(request);
+            void execution.fail(new Error('reply bypassed onSend'));
+          }
+        });
         // The body was read for the fingerprint; hand Fastify the same bytes to parse.
         done(null, incoming.body());
       },
@@ -69,31 +69,33 @@ function routeHooks(engine: Engine<FastifyRequest>) {
     );
   };
 
-  // Callback style, not async: unkeyed requests (no state) then cost a WeakMap look-up, not a
-  // promise and a microtask hop before Fastify writes the reply.
+  // Callback style, not async: unkeyed requests then cost a WeakMap look-up, not a promise and a
+  // microtask hop before Fastify writes the reply.
   const onSend: onSendHookHandler<unknown> = function oncelyOnSend(request, reply, payload, done) {
-    const state = states.get(request);
-    if (state === undefined) return done(null, payload);
-    states.delete(request);
-    if (state.kind === 'answered') {
-      // R2: Fastify adds a default Content-Type to a Buffer; a replay keeps the recorded headers only.
-      if (!state.contentType) reply.removeHeader('content-type');
-      return done(null, payload);
-    }
-    record(state.execution, reply, payload).then((recorded) => done(null, recorded), done);
+    const execution = executions.get(request);
+    if (execution === undefined) return done(null, payload);
+    executions.delete(request);
+    record(execution, reply, payload).then((recorded) => done(null, recorded), done);
   };
 
-  // A reply that never passed onSend (hijacked and written raw) still settles the key, so a retry
-  // never re-runs the handler (R3, L5).
-  const onResponse: onResponseHookHandler = function oncelyOnResponse(request, _reply, done) {
-    const state = states.get(request);
-    if (state === undefined) return done();
-    states.delete(request);
-    if (state.kind !== 'executing') return done();
-    state.execution.fail(new Error('reply bypassed onSend')).then(() => done(), done);
-  };
+  return { preParsing, onSend };
+}
 
-  return { preParsing, onSend, onResponse };
+/**
+ * R2, P1: a replay or a problem, written straight to the socket (the handler never runs). The
+ * recorded response already went through the application's onSend hooks when it was first sent, so
+ * it is not passed through them again, which would compress or sign the recorded bytes twice.
+ * Headers set earlier in this request's lifecycle (onRequest hooks: CORS, request ids) are kept
+ * unless the recorded response has its own.
+ */
+function answer(reply: FastifyReply, response: OutgoingResponse): void {
+  reply.hijack();
+  const earlier = reply.getHeaders() as Record<string, string | string[] | number>;
+  const headers =
+    Object.keys(earlier).length === 0
+      ? response.headers
+      : Object.assign(headerMap(earlier), response.headers);
+  writeResponse(reply.raw, { status: response.status, headers, body: response.body });
 }
 
 /** The engine's view of a Fastify request; a class, so unkeyed requests allocate one small object. */
@@ -246,8 +248,8 @@ const plugin: FastifyPluginAsync<FastifyIdempotencyOptions> = async function onc
     const routed =
       config === undefined ? hooks : routeHooks(new Engine<FastifyRequest>({ ...base, ...config }));
     // Route-level hooks run after the application's, so onSend sees the final payload (compression…).
-    const hooked = route as unknown as Record<'preParsing' | 'onSend' | 'onResponse', unknown>;
-    for (const name of ['preParsing', 'onSend', 'onResponse'] as const) {
+    const hooked = route as unknown as Record<'preParsing' | 'onSend', unknown>;
+    for (const name of ['preParsing', 'onSend'] as const) {
       hooked[name] = appendHook(hooked[name], routed[name]);
     }
   });
