@@ -252,7 +252,9 @@ export function createProxy(options: ProxyOptions): Proxy {
       requestNotes.upstreamMs = performance.now() - started;
       options.onUpstream?.(requestNotes.upstreamMs, 'ok');
       const response = await execution.complete({ status, headers: recorded, body: concat(chunks, size) });
-      res.writeHead(response.status, { ...head, 'content-length': response.body.byteLength });
+      const sent: OutgoingHttpHeaders = Object.assign({}, head);
+      sent['content-length'] = response.body.byteLength;
+      res.writeHead(response.status, sent);
       res.end(response.body);
       return;
     }
