@@ -2,10 +2,11 @@
  * The server side of every benchmark: runs in a child process, listens on 127.0.0.1 (port 0), and
  * answers the parent over IPC:
  *   {type:'start'}            -> remember process.cpuUsage() and the handler counter
- *   {type:'stop', id}             -> reply {id, type:'stopped', cpuMicros, executions} for the window
+ *   {type:'stop', id}             -> reply {id, type:'stopped', cpuMicros, userMicros, gcMicros, executions} for the window
  *   {type:'call', id, name, args} -> run one of the server's commands, reply {id, type:'result', value}
  *   {type:'close'}            -> close the server (and its store) and exit
  */
+import { PerformanceObserver } from 'node:perf_hooks';
 import { counters } from './handler.mjs';
 
 /**
@@ -24,10 +25,16 @@ export async function runChild(create) {
   }
   let cpu;
   let executions = 0;
+  // Time the main thread spent paused in garbage collection, over the window.
+  let gcMicros = 0;
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) gcMicros += entry.duration * 1000;
+  }).observe({ entryTypes: ['gc'] });
   process.on('message', async (message) => {
     try {
       if (message.type === 'start') {
         executions = counters.executions;
+        gcMicros = 0;
         cpu = process.cpuUsage();
       } else if (message.type === 'stop') {
         const used = process.cpuUsage(cpu);
@@ -36,6 +43,7 @@ export async function runChild(create) {
           type: 'stopped',
           cpuMicros: used.user + used.system,
           userMicros: used.user,
+          gcMicros,
           executions: counters.executions - executions,
         });
       } else if (message.type === 'call') {

@@ -112,10 +112,9 @@ async function fastifyApp(layer, config) {
     stores.push(store);
     await app.register(idempotency, { store });
   } else if (layer === 'noop') {
-    // The control: the route hooks oncely adds (preParsing, onSend, onResponse), doing nothing.
+    // The control: the hooks oncely adds to each route (preParsing, onSend), doing nothing.
     app.addHook('preParsing', (_request, _reply, payload, done) => done(null, payload));
     app.addHook('onSend', (_request, _reply, payload, done) => done(null, payload));
-    app.addHook('onResponse', (_request, _reply, done) => done());
   } else if (layer === 'node-idempotency') {
     const { core, IdempotencyError } = await nodeIdempotency();
     app.addHook('preHandler', async (request, reply) => {
