@@ -299,6 +299,7 @@ export class RequestContext<Raw> {
   }
 
   emit(type: EngineEventType, extra: Partial<EngineEvent>): void {
+    if (this.engine.options.onEvent === undefined) return;
     this.engine.emit(type, this.request, this.started, this.storeMs, { key: this.key, ...extra });
   }
 }
