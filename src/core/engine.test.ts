@@ -4,6 +4,8 @@ import { MemoryStore } from '../stores/memory.js';
 import { Engine, type IncomingRequest, type OutgoingResponse, PASS } from './engine.js';
 import { RequestTooLargeError } from './errors.js';
 import type { EngineEvent } from './events.js';
+import { defaultScope } from './fingerprint.js';
+import type { IdempotencyRequest } from './request.js';
 import type { Store } from './store.js';
 
 const encoder = new TextEncoder();
@@ -210,6 +212,59 @@ describe('Execution', () => {
       etag: '"v1"',
       'idempotent-replayed': 'true',
     });
+    await store.close();
+  });
+});
+
+describe('Execution, headers named __proto__', () => {
+  it("R2: a header named __proto__ is not recorded and cannot change a record's prototype", async () => {
+    const store = new MemoryStore();
+    const engine = new Engine({ store });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    // What node's getHeaders() hands over for res.setHeader('__proto__', [...]): an own property.
+    const headers = JSON.parse('{"__proto__":["0","1"],"etag":"\\"v1\\""}');
+    await decision.execution.complete({ status: 200, headers, body: encoder.encode('hi') });
+    const recorded = (
+      await store.get(defaultScope({ header: () => undefined } as unknown as IdempotencyRequest), 'abcdefgh')
+    )?.response?.headers;
+    expect(recorded && Object.getPrototypeOf(recorded)).toBe(Object.prototype);
+    expect(recorded).toEqual({ etag: '"v1"' });
+    const replay = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (replay.action !== 'respond') throw new Error('expected a replay');
+    const names: string[] = [];
+    for (const name in replay.response.headers) names.push(name);
+    expect(names).toEqual(['etag', 'idempotent-replayed']);
+    expect(Object.getPrototypeOf(replay.response.headers)).toBe(Object.prototype);
+    await store.close();
+  });
+
+  it('R2: a stored record read back from JSON with an own __proto__ header replays without it', async () => {
+    const store = new MemoryStore();
+    const fromJson: Store = {
+      complete: (...args) => store.complete(...args),
+      renew: (...args) => store.renew(...args),
+      release: (...args) => store.release(...args),
+      get: (...args) => store.get(...args),
+      sweep: (...args) => store.sweep(...args),
+      close: () => store.close(),
+      acquire: async (input) => {
+        const result = await store.acquire(input);
+        if (result.state !== 'completed') return result;
+        // As a JSON-backed store (PostgreSQL, Redis, SQLite) would parse a tampered record.
+        const headers = JSON.parse('{"__proto__":["0","1"],"etag":"v1"}');
+        return { ...result, response: { ...result.response, headers } };
+      },
+    };
+    const engine = new Engine({ store: fromJson });
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    await decision.execution.complete(ok());
+    const replay = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (replay.action !== 'respond') throw new Error('expected a replay');
+    const names: string[] = [];
+    for (const name in replay.response.headers) names.push(name);
+    expect(names).toEqual(['etag', 'idempotent-replayed']);
     await store.close();
   });
 });

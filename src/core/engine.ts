@@ -476,6 +476,7 @@ export function recordableHeaders(headers: HeaderMap): HeaderMap {
   for (const name in headers) {
     const lower = name.toLowerCase();
     if (UNRECORDED_HEADERS.has(lower) || lower.startsWith('proxy-') || named?.has(lower)) continue;
+    if (lower === '__proto__') continue; // assigned below, it would set the record's prototype
     const value = headers[name];
     if (value === undefined) continue;
     kept[lower] = Array.isArray(value) ? value.map(String) : String(value);
@@ -485,9 +486,13 @@ export function recordableHeaders(headers: HeaderMap): HeaderMap {
 
 /** R2: the recorded response, marked as a replay. */
 function replayResponse(stored: StoredResponse): OutgoingResponse {
-  // Object.assign, then plain stores: in V8 (Node 20), a spread with more properties after it, or a
-  // spread object given new properties, is built on a slow path costing about 1 µs per response.
-  const headers: HeaderMap = Object.assign({}, stored.headers);
+  // A copy by plain stores: in V8 (Node 20), a spread with more properties after it, or a spread
+  // object given new properties, is built on a slow path costing about 1 µs per response. A record
+  // read back from JSON may hold an own "__proto__"; stored, it would set the copy's prototype.
+  const headers: HeaderMap = {};
+  for (const name of Object.keys(stored.headers)) {
+    if (name !== '__proto__') headers[name] = stored.headers[name]!;
+  }
   headers[REPLAYED_HEADER] = 'true';
   if (stored.bodyOmitted) headers[BODY_OMITTED_HEADER] = 'true';
   return { status: stored.status, headers, body: stored.body };
