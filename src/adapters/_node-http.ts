@@ -124,7 +124,8 @@ export function headerMap(headers: OutgoingHttpHeaders): HeaderMap {
   const map: HeaderMap = {};
   for (const name in headers) {
     const value = headers[name];
-    if (value === undefined) continue;
+    // Assigned, "__proto__" would set the map's prototype (an array's items then read as headers).
+    if (value === undefined || name === '__proto__') continue;
     map[name] = Array.isArray(value) ? value.map(String) : String(value);
   }
   return map;

@@ -101,6 +101,18 @@ describe.each([
     });
   }
 
+  it('R2: a header named __proto__ is neither recorded nor turned into other headers on the replay', async () => {
+    const { first, again } = await twice((_req, res) => {
+      res.setHeader('__proto__', ['a', 'b']);
+      res.status(201).send('ok');
+    });
+    expect(first.status).toBe(201);
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    const names = Object.keys(again.headers);
+    for (const name of ['__proto__', '0', '1']) expect(names).not.toContain(name);
+    expect(again.text).toBe('ok');
+  });
+
   it('R1, R5: res.sendFile replays the file bytes', async () => {
     const { again } = await twice((_req, res) => res.sendFile(file));
     expect(again.body.length).toBe(300);
