@@ -109,7 +109,7 @@ class FastifyIncoming implements IncomingRequest<FastifyRequest> {
 
   constructor(
     readonly raw: FastifyRequest,
-    readonly payload: Readable,
+    private readonly payload: Readable,
   ) {
     this.method = raw.method;
     this.url = raw.url;
