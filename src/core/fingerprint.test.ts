@@ -73,6 +73,41 @@ describe('defaultFingerprint', () => {
     }
   });
 
+  it('F1: long heads, and inputs of every size in turn, hash as SHA-256 of the whole input', () => {
+    // The small-input path reuses one buffer: a short input after a long one must not see its tail.
+    for (const [urlLength, size] of [
+      [10, 16_000],
+      [10, 3],
+      [16_380, 0],
+      [16_380, 10],
+      [1, 0],
+    ] as const) {
+      const url = `/${'u'.repeat(urlLength)}`;
+      const body = new Uint8Array(size).fill(7);
+      const expected = createHash('sha256')
+        .update(Buffer.concat([Buffer.from(`POST\0${url}\0text/plain\0`), body]))
+        .digest('hex');
+      const p = { method: 'POST', url, contentType: 'text/plain', body };
+      expect(defaultFingerprint(request(p)), `url ${urlLength}, body ${size}`).toBe(expected);
+    }
+  });
+
+  it("F1: takes nothing from Buffer's shared pool, whose slabs recorded bodies keep alive", () => {
+    const p = { method: 'POST', url: '/orders', contentType: 'application/json', body: new Uint8Array(300) };
+    const slices = () => {
+      const before = Buffer.from('a');
+      defaultFingerprint(request(p));
+      return { before, after: Buffer.from('b') };
+    };
+    let { before, after } = slices();
+    // A full pool is replaced by a new one between the two slices at most once in a row.
+    if (after.buffer !== before.buffer) ({ before, after } = slices());
+    // Consecutive one-byte pool slices sit 8 bytes apart (the pool aligns to 8) unless
+    // something in between took its own slice.
+    expect(after.buffer).toBe(before.buffer);
+    expect(after.byteOffset - before.byteOffset).toBe(8);
+  });
+
   it('F1: ignores other headers', () => {
     const base = { method: 'POST', url: '/x', contentType: 'application/json', body: new Uint8Array([1]) };
     expect(defaultFingerprint(request({ ...base, other: 'one' }))).toBe(

@@ -12,19 +12,23 @@ import type { IdempotencyRequest } from './request.js';
 export function defaultFingerprint(request: IdempotencyRequest): string {
   const body = request.body;
   const head = `${request.method}\0${request.url}\0${request.header('content-type') ?? ''}\0`;
-  if (body.byteLength > ONE_SHOT_LIMIT) {
+  const headLength = Buffer.byteLength(head);
+  const length = headLength + body.byteLength;
+  if (length > SCRATCH_LIMIT) {
     return createHash('sha256').update(head).update(body).digest('hex');
   }
-  // Small bodies: one buffer and the one-shot hash, several times cheaper than a Hash object.
-  const headLength = Buffer.byteLength(head);
-  const input = Buffer.allocUnsafe(headLength + body.byteLength);
-  input.write(head, 0, headLength, 'utf8');
-  input.set(body, headLength);
-  return hash('sha256', input, 'hex');
+  // Small inputs: copied into one reused buffer and hashed in one shot, several times cheaper than
+  // a Hash object. Not a slice of Buffer's shared pool: that would keep its 8 KiB slab alive for as
+  // long as any neighbour lives, such as a recorded body a MemoryStore keeps for the whole TTL.
+  scratch.write(head, 0, headLength, 'utf8');
+  scratch.set(body, headLength);
+  // Safe to reuse: the hash is computed before this returns, so no two calls share the buffer.
+  return hash('sha256', scratch.subarray(0, length), 'hex');
 }
 
-// Past this size, copying the body next to the head would cost more than the Hash object saves.
-const ONE_SHOT_LIMIT = 16 * 1024;
+// Past this size, copying the input would cost more than the Hash object saves.
+const SCRATCH_LIMIT = 16 * 1024;
+const scratch = Buffer.allocUnsafeSlow(SCRATCH_LIMIT);
 
 /** S1: keys are namespaced by a SHA-256 of the `Authorization` header (empty when absent). */
 export function defaultScope(request: IdempotencyRequest): string {
