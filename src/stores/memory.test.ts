@@ -51,6 +51,25 @@ describe('MemoryStore', () => {
     await store.close();
   });
 
+  it('T2: a record renewed or completed after it was acquired is swept at its new expiry, not before', async () => {
+    vi.useFakeTimers();
+    const store = new MemoryStore();
+    await store.acquire({ scope: 's', key: 'renewed', fingerprint: 'f', token: 't1', leaseMs: 100 });
+    await store.acquire({ scope: 's', key: 'completed', fingerprint: 'f', token: 't2', leaseMs: 100 });
+    vi.advanceTimersByTime(50);
+    expect(await store.renew('s', 'renewed', 't1', 1_000)).toBe(true);
+    expect(await store.complete('s', 'completed', 't2', response, 2_000)).toBe(true);
+    vi.advanceTimersByTime(100); // past both first leases
+    expect(await store.sweep()).toBe(0);
+    vi.advanceTimersByTime(1_000); // past the renewed lease
+    expect(await store.sweep()).toBe(1);
+    expect(await store.get('s', 'completed')).toMatchObject({ state: 'completed' });
+    vi.advanceTimersByTime(1_000); // past the completed record's TTL
+    expect(await store.sweep()).toBe(1);
+    expect(store.size).toBe(0);
+    await store.close();
+  });
+
   it('maxRecords drops the oldest completed record first and never an in-flight one', async () => {
     const store = new MemoryStore({ maxRecords: 2 });
     await store.acquire({ scope: 's', key: 'a', fingerprint: 'f', token: 'ta', leaseMs: 60_000 });

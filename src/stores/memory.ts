@@ -15,6 +15,8 @@ export interface MemoryStoreOptions {
 }
 
 interface MemoryRecord {
+  /** The record's key in the map, kept so that later calls re-use it rather than hold copies. */
+  readonly id: string;
   readonly scope: string;
   readonly key: string;
   readonly fingerprint: string;
@@ -68,6 +70,7 @@ export class MemoryStore implements Store {
     }
     if (this.#records.size >= this.#maxRecords) this.#evictOne(now);
     const record: MemoryRecord = {
+      id,
       scope: input.scope,
       key: input.key,
       fingerprint: input.fingerprint,
@@ -77,7 +80,7 @@ export class MemoryStore implements Store {
       response: undefined,
     };
     this.#records.set(id, record);
-    this.#expiries.push(record.expiresAt, id);
+    this.#expiries.push(record.expiresAt, record);
     return { state: 'acquired' };
   }
 
@@ -98,9 +101,8 @@ export class MemoryStore implements Store {
     record.updatedAt = now;
     record.expiresAt = now + ttlMs;
     // Re-insert so the map's order is completion order: eviction drops the oldest first.
-    this.#records.delete(id);
-    this.#records.set(id, record);
-    this.#expiries.push(record.expiresAt, id);
+    this.#records.delete(record.id);
+    this.#records.set(record.id, record);
     return true;
   }
 
@@ -109,7 +111,6 @@ export class MemoryStore implements Store {
     const record = this.#live(id, Date.now());
     if (record === undefined || record.token !== token) return false;
     record.expiresAt = Date.now() + leaseMs;
-    this.#expiries.push(record.expiresAt, id);
     return true;
   }
 
@@ -136,18 +137,24 @@ export class MemoryStore implements Store {
     return view;
   }
 
-  /** T2: pops expiry entries that are due; cost grows with what expired, not with what lives. */
+  /**
+   * T2: pops expiry entries that are due; cost grows with what expired, not with what lives. Each
+   * record has one entry, at the expiry it had when the entry was pushed: a record renewed or
+   * completed since then is pushed again at its new expiry when the old one comes due.
+   */
   async sweep(limit = Number.POSITIVE_INFINITY): Promise<number> {
     const now = Date.now();
     let removed = 0;
     while (removed < limit) {
-      const entry = this.#expiries.popDue(now);
-      if (entry === undefined) break;
-      const record = this.#records.get(entry.id);
-      // Entries left behind by a renewal or completion point at a later expiry: skip them.
-      if (record !== undefined && record.expiresAt <= now) {
-        this.#records.delete(entry.id);
+      const record = this.#expiries.popDue(now);
+      if (record === undefined) break;
+      // A record already dropped (released, expired on access, taken over) has nothing left to do.
+      if (this.#records.get(record.id) !== record) continue;
+      if (record.expiresAt <= now) {
+        this.#records.delete(record.id);
         removed++;
+      } else {
+        this.#expiries.push(record.expiresAt, record);
       }
     }
     return removed;
@@ -186,35 +193,36 @@ function recordId(scope: string, key: string): string {
   return `${scope}\u0000${key}`;
 }
 
-/** A binary min-heap of (expiresAt, record id). */
+/** A binary min-heap of (expiry time, record). */
 class ExpiryHeap {
   readonly #times: number[] = [];
-  readonly #ids: string[] = [];
+  readonly #records: MemoryRecord[] = [];
 
-  push(time: number, id: string): void {
+  push(time: number, record: MemoryRecord): void {
     const times = this.#times;
-    const ids = this.#ids;
+    const records = this.#records;
     let i = times.length;
     times.push(time);
-    ids.push(id);
+    records.push(record);
     while (i > 0) {
       const parent = (i - 1) >> 1;
       if (times[parent]! <= time) break;
       times[i] = times[parent]!;
-      ids[i] = ids[parent]!;
+      records[i] = records[parent]!;
       i = parent;
     }
     times[i] = time;
-    ids[i] = id;
+    records[i] = record;
   }
 
-  popDue(now: number): { time: number; id: string } | undefined {
+  /** Removes and returns the record of the earliest entry if it is due by `now`. */
+  popDue(now: number): MemoryRecord | undefined {
     const times = this.#times;
-    const ids = this.#ids;
+    const records = this.#records;
     if (times.length === 0 || times[0]! > now) return undefined;
-    const top = { time: times[0]!, id: ids[0]! };
+    const top = records[0]!;
     const lastTime = times.pop()!;
-    const lastId = ids.pop()!;
+    const lastRecord = records.pop()!;
     const n = times.length;
     if (n > 0) {
       let i = 0;
@@ -225,11 +233,11 @@ class ExpiryHeap {
         const child = right < n && times[right]! < times[left]! ? right : left;
         if (times[child]! >= lastTime) break;
         times[i] = times[child]!;
-        ids[i] = ids[child]!;
+        records[i] = records[child]!;
         i = child;
       }
       times[i] = lastTime;
-      ids[i] = lastId;
+      records[i] = lastRecord;
     }
     return top;
   }
