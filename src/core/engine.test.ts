@@ -131,6 +131,27 @@ describe('Execution', () => {
     await store.close();
   });
 
+  it('L4: every acquisition gets its own token, and a freshly loaded engine (another process) never repeats one', async () => {
+    const tokensOf = async (EngineClass: typeof Engine, count: number) => {
+      const store = new MemoryStore();
+      const acquire = vi.spyOn(store, 'acquire');
+      const engine = new EngineClass({ store });
+      for (let i = 0; i < count; i++) {
+        const decision = await engine.begin(incoming('POST', { 'idempotency-key': `key-${i}-abcdef` }));
+        if (decision.action !== 'execute') throw new Error('expected execute');
+        await decision.execution.complete(ok());
+      }
+      await store.close();
+      return acquire.mock.calls.map(([input]) => input.token);
+    };
+    const here = await tokensOf(Engine, 500);
+    vi.resetModules(); // a second evaluation of the module, as in a second process
+    const fresh = (await import('./engine.js')) as typeof import('./engine.js');
+    expect(fresh.Engine).not.toBe(Engine);
+    const there = await tokensOf(fresh.Engine, 500);
+    expect(new Set([...here, ...there]).size).toBe(1_000);
+  });
+
   it('L4: a renewal that finds the lease taken over marks the execution lost, and its outcome is refused', async () => {
     vi.useFakeTimers();
     const store = new MemoryStore();
