@@ -323,6 +323,37 @@ describe('Engine events', () => {
     expect(decision.action === 'respond' && decision.response.status).toBe(400);
   });
 
+  it('S2: a store that throws instead of rejecting is a store failure, on every call', async () => {
+    const events: EngineEvent[] = [];
+    const store = new MemoryStore();
+    const engine = new Engine({ store, lockTimeoutMs: 300, onEvent: (e) => events.push(e) });
+    const thrown = (name: string) => () => {
+      throw new Error(`${name} threw`);
+    };
+    // acquire: answered 503, as when it rejects.
+    const acquire = vi.spyOn(store, 'acquire').mockImplementationOnce(thrown('acquire'));
+    const refused = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    expect(refused.action === 'respond' && refused.response.status).toBe(503);
+    acquire.mockRestore();
+    // renew, then complete: reported, and the handler's response still goes out.
+    vi.useFakeTimers();
+    vi.spyOn(store, 'renew').mockImplementation(thrown('renew'));
+    vi.spyOn(store, 'complete').mockImplementation(thrown('complete'));
+    const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
+    if (decision.action !== 'execute') throw new Error('expected execute');
+    await vi.advanceTimersByTimeAsync(150);
+    expect((await decision.execution.complete(ok())).status).toBe(201);
+    // release: reported, and the execution still counts as released.
+    vi.spyOn(store, 'release').mockImplementation(thrown('release'));
+    const second = await engine.begin(incoming('POST', { 'idempotency-key': 'ijklmnop' }));
+    if (second.action !== 'execute') throw new Error('expected execute');
+    await second.execution.release();
+    const failures = events.filter((e) => e.type === 'store_error').map((e) => (e.error as Error).message);
+    expect(failures).toEqual(['acquire threw', 'renew threw', 'complete threw', 'release threw']);
+    expect(events.at(-1)?.type).toBe('released');
+    await store.close();
+  });
+
   it('S2: store calls that hang are cut off after storeTimeoutMs', async () => {
     const hung = new MemoryStore();
     vi.spyOn(hung, 'acquire').mockReturnValue(new Promise(() => {}));

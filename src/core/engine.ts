@@ -147,7 +147,8 @@ export class Engine<Raw = unknown> {
     if (typeof scope !== 'string') throw new TypeError('options.scope must return a string');
     if (typeof fingerprint !== 'string') throw new TypeError('options.fingerprint must return a string');
     const context = new RequestContext(this, request, scope, key, fingerprint, started);
-    return context.acquire();
+    // Awaited, not returned: an async function resolving to a promise costs two more ticks.
+    return await context.acquire();
   }
 
   #reject(
@@ -160,23 +161,19 @@ export class Engine<Raw = unknown> {
     return { action: 'respond', response: problemResponse(error) };
   }
 
-  /** Run one store call under `storeTimeoutMs` (S2: a hung store must not hang requests). */
-  callStore<T>(operation: string, call: () => Promise<T>): Promise<T> {
+  /**
+   * Wait for one store call under `storeTimeoutMs` (S2: a hung store must not hang requests).
+   * Callers make the call themselves, inside their own `try`, so a store that throws rather than
+   * rejects is handled the same way.
+   */
+  callStore<T>(operation: string, pending: Promise<T>): Promise<T> {
     const deadlines = this.#storeDeadlines;
     // One promise and one list entry per call (no Promise.race, no timer of its own): this runs two
     // or three times per keyed request.
     return new Promise<T>((resolve, reject) => {
       const deadline = deadlines.add(() => reject(new StoreTimeoutError(operation, deadlines.ms)));
-      let result: Promise<T>;
-      try {
-        result = call();
-      } catch (error) {
-        deadline.cancel();
-        reject(error);
-        return;
-      }
       // Promise.resolve: a store written in JavaScript may hand back a plain value.
-      Promise.resolve(result).then(
+      Promise.resolve(pending).then(
         (value) => {
           deadline.cancel();
           resolve(value);
@@ -246,7 +243,8 @@ export class RequestContext<Raw> {
       const before = performance.now();
       let result: Awaited<ReturnType<Store['acquire']>>;
       try {
-        result = await this.engine.callStore('acquire', () =>
+        result = await this.engine.callStore(
+          'acquire',
           this.engine.store.acquire({
             scope: this.scope,
             key: this.key,
@@ -362,11 +360,8 @@ export class Execution {
    * still goes to the client.
    */
   async complete(response: OutgoingResponse): Promise<OutgoingResponse> {
-    if (response.body.byteLength > this.maxResponseBytes || this.streams(response.headers)) {
-      await this.completeWithoutBody(response.status, response.headers);
-      return response;
-    }
-    await this.#finish(response.status, response.headers, response.body, false);
+    const omitted = response.body.byteLength > this.maxResponseBytes || this.streams(response.headers);
+    await this.#finish(response.status, response.headers, omitted ? EMPTY : response.body, omitted);
     return response;
   }
 
@@ -389,45 +384,40 @@ export class Execution {
   }
 
   /** Drop the lock without an outcome, so a retry runs the handler again (G2, fail-open paths). */
-  async release(): Promise<void> {
-    if (!this.#settle()) return;
-    const context = this.#context;
-    await this.#write('release', () =>
-      context.engine.store.release(context.scope, context.key, context.token),
-    );
-    context.emit('released', {});
+  release(): Promise<void> {
+    return this.#settle() ? this.#write(undefined, undefined) : SETTLED;
   }
 
-  async #finish(status: number, headers: HeaderMap, body: Uint8Array, bodyOmitted: boolean): Promise<void> {
-    if (!this.#settle()) return;
+  #finish(status: number, headers: HeaderMap, body: Uint8Array, bodyOmitted: boolean): Promise<void> {
+    if (!this.#settle()) return SETTLED;
+    if (!shouldRecord(this.#context.engine.options.record, status)) return this.#write(undefined, status);
+    return this.#write({ status, headers: recordableHeaders(headers), body, bodyOmitted }, status);
+  }
+
+  /**
+   * The one fenced store write of an execution: complete with `stored`, or release without an
+   * outcome when it is undefined. A store failure is reported, not thrown.
+   */
+  async #write(stored: StoredResponse | undefined, status: number | undefined): Promise<void> {
     const context = this.#context;
     const { engine } = context;
-    const store = engine.store;
-    if (!shouldRecord(engine.options.record, status)) {
-      await this.#write('release', () => store.release(context.scope, context.key, context.token));
-      context.emit('released', { status });
-      return;
-    }
-    const stored: StoredResponse = { status, headers: recordableHeaders(headers), body, bodyOmitted };
-    const written = await this.#write('complete', () =>
-      store.complete(context.scope, context.key, context.token, stored, engine.options.ttlMs),
-    );
-    if (written === false) context.emit('fenced', { status });
-    else if (written === true) context.emit('executed', { status });
-  }
-
-  /** One fenced store write; returns undefined when the store failed (reported, not thrown). */
-  async #write(operation: string, call: () => Promise<boolean>): Promise<boolean | undefined> {
-    const context = this.#context;
+    const { scope, key, token } = context;
     const before = performance.now();
+    let written: boolean | undefined;
     try {
-      return await context.engine.callStore(operation, call);
+      written = await (stored === undefined
+        ? engine.callStore('release', engine.store.release(scope, key, token))
+        : engine.callStore(
+            'complete',
+            engine.store.complete(scope, key, token, stored, engine.options.ttlMs),
+          ));
     } catch (error) {
       context.emit('store_error', { error, failOpen: false });
-      return undefined;
     } finally {
       context.storeMs += performance.now() - before;
     }
+    if (stored === undefined) context.emit('released', status === undefined ? {} : { status });
+    else if (written !== undefined) context.emit(written ? 'executed' : 'fenced', { status });
   }
 
   #settle(): boolean {
@@ -440,7 +430,8 @@ export class Execution {
   async #renew(leaseMs: number): Promise<void> {
     const context = this.#context;
     try {
-      const renewed = await context.engine.callStore('renew', () =>
+      const renewed = await context.engine.callStore(
+        'renew',
         context.engine.store.renew(context.scope, context.key, context.token, leaseMs),
       );
       if (!renewed && !this.#settled) {
@@ -456,6 +447,7 @@ export class Execution {
 }
 
 const EMPTY = new Uint8Array(0);
+const SETTLED: Promise<void> = Promise.resolve();
 const encoder = new TextEncoder();
 
 function shouldRecord(policy: 'all' | 'non-5xx' | '2xx', status: number): boolean {
