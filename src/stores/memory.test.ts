@@ -34,21 +34,27 @@ describe('MemoryStore', () => {
 
   it('T2: a sweep visits what expired, not what lives', async () => {
     vi.useFakeTimers();
-    const store = new MemoryStore();
-    for (let i = 0; i < 10_000; i++) {
-      await store.acquire({ scope: 's', key: `live${i}`, fingerprint: 'f', token: 't', leaseMs: 60_000 });
-    }
-    for (let i = 0; i < 3; i++) {
-      await store.acquire({ scope: 's', key: `dead${i}`, fingerprint: 'f', token: 't', leaseMs: 10 });
-    }
-    vi.advanceTimersByTime(20);
-    const get = vi.spyOn(Map.prototype, 'get');
-    expect(await store.sweep()).toBe(3);
-    // One map look-up per expired entry: the 10,000 live records are never touched.
-    expect(get.mock.calls.length).toBe(3);
-    get.mockRestore();
-    expect(store.size).toBe(10_000);
-    await store.close();
+    // Map look-ups by a sweep of 3 expired records, next to `live` records that have not expired.
+    const lookUps = async (live: number) => {
+      const store = new MemoryStore();
+      for (let i = 0; i < live; i++) {
+        await store.acquire({ scope: 's', key: `live${i}`, fingerprint: 'f', token: 't', leaseMs: 60_000 });
+      }
+      for (let i = 0; i < 3; i++) {
+        await store.acquire({ scope: 's', key: `dead${i}`, fingerprint: 'f', token: 't', leaseMs: 10 });
+      }
+      vi.advanceTimersByTime(20);
+      const get = vi.spyOn(Map.prototype, 'get');
+      expect(await store.sweep()).toBe(3);
+      const calls = get.mock.calls.length;
+      get.mockRestore();
+      expect(store.size).toBe(live);
+      await store.close();
+      return calls;
+    };
+    const few = await lookUps(10);
+    expect(few).toBeGreaterThan(0);
+    expect(await lookUps(10_000)).toBe(few);
   });
 
   it('T2: a record renewed or completed after it was acquired is swept at its new expiry, not before', async () => {
@@ -67,6 +73,37 @@ describe('MemoryStore', () => {
     vi.advanceTimersByTime(1_000); // past the completed record's TTL
     expect(await store.sweep()).toBe(1);
     expect(store.size).toBe(0);
+    await store.close();
+  });
+
+  it('T2: a record whose TTL ends before its lease would have is swept when the TTL ends', async () => {
+    vi.useFakeTimers();
+    const store = new MemoryStore();
+    await store.acquire({ scope: 's', key: 'k', fingerprint: 'f', token: 't', leaseMs: 60_000 });
+    expect(await store.complete('s', 'k', 't', response, 1_000)).toBe(true);
+    vi.advanceTimersByTime(1_001);
+    expect(await store.sweep()).toBe(1);
+    expect(store.size).toBe(0);
+    vi.advanceTimersByTime(60_000); // the lease's entry, left behind, finds nothing to do
+    expect(await store.sweep()).toBe(0);
+    await store.close();
+  });
+
+  it('keys are kept per scope: the same key in two scopes is two records, and an emptied scope is dropped', async () => {
+    const store = new MemoryStore();
+    await store.acquire({ scope: 'a', key: 'k', fingerprint: 'fa', token: 'ta', leaseMs: 60_000 });
+    await store.acquire({ scope: 'b', key: 'k', fingerprint: 'fb', token: 'tb', leaseMs: 60_000 });
+    expect(store.size).toBe(2);
+    expect(await store.get('a', 'k')).toMatchObject({ fingerprint: 'fa' });
+    expect(await store.release('a', 'k', 'tb')).toBe(false); // b's token does not own a's record
+    expect(await store.release('a', 'k', 'ta')).toBe(true);
+    expect(await store.get('a', 'k')).toBeUndefined();
+    expect(await store.get('b', 'k')).toMatchObject({ fingerprint: 'fb' });
+    const set = vi.spyOn(Map.prototype, 'set');
+    await store.acquire({ scope: 'a', key: 'k2', fingerprint: 'fa', token: 'ta2', leaseMs: 60_000 });
+    // Scope a was emptied and dropped, so it gets a new map: one set for the scope, one for the key.
+    expect(set.mock.calls.length).toBe(2);
+    set.mockRestore();
     await store.close();
   });
 

@@ -15,16 +15,18 @@ export interface MemoryStoreOptions {
 }
 
 interface MemoryRecord {
-  /** The record's key in the map, kept so that later calls re-use it rather than hold copies. */
-  readonly id: string;
   readonly scope: string;
   readonly key: string;
   readonly fingerprint: string;
   token: string | undefined; // undefined once completed
   expiresAt: number;
   updatedAt: number;
+  /** The time of the record's earliest entry in the expiry heap: when a sweep next looks at it. */
+  sweepAt: number;
   response: StoredResponse | undefined;
 }
+
+const ACQUIRED: AcquireResult = Object.freeze({ state: 'acquired' });
 
 /**
  * A store in this process's memory. Serves one process: records are lost on restart and not shared.
@@ -34,9 +36,14 @@ interface MemoryRecord {
  * const store = new MemoryStore({ maxRecords: 100_000 });
  */
 export class MemoryStore implements Store {
-  readonly #records = new Map<string, MemoryRecord>();
+  // By scope, then key: a look-up hashes the strings the caller holds, whose hashes V8 caches,
+  // instead of building and hashing a combined id on every call and keeping one per record.
+  readonly #scopes = new Map<string, Map<string, MemoryRecord>>();
+  #size = 0;
   readonly #expiries = new ExpiryHeap();
   readonly #maxRecords: number;
+  /** With `maxRecords` only: completed records, oldest completion first, for eviction. */
+  readonly #completed: Set<MemoryRecord> | undefined;
   #timer: NodeJS.Timeout | undefined;
 
   constructor(options: MemoryStoreOptions = {}) {
@@ -49,39 +56,46 @@ export class MemoryStore implements Store {
       throw new RangeError('MemoryStore: options.maxRecords must be a positive integer');
     }
     this.#maxRecords = max;
+    this.#completed = max === Number.POSITIVE_INFINITY ? undefined : new Set();
     this.#timer = setInterval(() => this.sweep(), interval);
     this.#timer.unref();
   }
 
   /** How many records are held, expired ones not yet swept included. */
   get size(): number {
-    return this.#records.size;
+    return this.#size;
   }
 
   async acquire(input: AcquireInput): Promise<AcquireResult> {
-    const id = recordId(input.scope, input.key);
     const now = Date.now();
-    const existing = this.#live(id, now);
+    const existing = this.#live(input.scope, input.key, now);
     if (existing !== undefined) {
       if (existing.response !== undefined) {
         return { state: 'completed', fingerprint: existing.fingerprint, response: existing.response };
       }
       return { state: 'in-flight', fingerprint: existing.fingerprint };
     }
-    if (this.#records.size >= this.#maxRecords) this.#evictOne(now);
+    if (this.#size >= this.#maxRecords) this.#evictOne(now);
+    const expiresAt = now + input.leaseMs;
     const record: MemoryRecord = {
-      id,
       scope: input.scope,
       key: input.key,
       fingerprint: input.fingerprint,
       token: input.token,
-      expiresAt: now + input.leaseMs,
+      expiresAt,
       updatedAt: now,
+      sweepAt: expiresAt,
       response: undefined,
     };
-    this.#records.set(id, record);
-    this.#expiries.push(record.expiresAt, record);
-    return { state: 'acquired' };
+    let keys = this.#scopes.get(input.scope);
+    if (keys === undefined) {
+      keys = new Map();
+      this.#scopes.set(input.scope, keys);
+    }
+    keys.set(input.key, record);
+    this.#size++;
+    this.#expiries.push(expiresAt, record);
+    return ACQUIRED;
   }
 
   async complete(
@@ -91,39 +105,35 @@ export class MemoryStore implements Store {
     response: StoredResponse,
     ttlMs: number,
   ): Promise<boolean> {
-    const id = recordId(scope, key);
     const now = Date.now();
-    const record = this.#live(id, now);
+    const record = this.#live(scope, key, now);
     // L4: only the current owner may complete.
     if (record === undefined || record.token !== token) return false;
     record.token = undefined;
     record.response = response;
     record.updatedAt = now;
-    record.expiresAt = now + ttlMs;
-    // Re-insert so the map's order is completion order: eviction drops the oldest first.
-    this.#records.delete(record.id);
-    this.#records.set(record.id, record);
+    this.#expireAt(record, now + ttlMs);
+    this.#completed?.add(record);
     return true;
   }
 
   async renew(scope: string, key: string, token: string, leaseMs: number): Promise<boolean> {
-    const id = recordId(scope, key);
-    const record = this.#live(id, Date.now());
+    const now = Date.now();
+    const record = this.#live(scope, key, now);
     if (record === undefined || record.token !== token) return false;
-    record.expiresAt = Date.now() + leaseMs;
+    this.#expireAt(record, now + leaseMs);
     return true;
   }
 
   async release(scope: string, key: string, token: string): Promise<boolean> {
-    const id = recordId(scope, key);
-    const record = this.#live(id, Date.now());
+    const record = this.#live(scope, key, Date.now());
     if (record === undefined || record.token !== token) return false;
-    this.#records.delete(id);
+    this.#remove(record);
     return true;
   }
 
   async get(scope: string, key: string): Promise<RecordView | undefined> {
-    const record = this.#live(recordId(scope, key), Date.now());
+    const record = this.#live(scope, key, Date.now());
     if (record === undefined) return undefined;
     const view: RecordView = {
       scope: record.scope,
@@ -137,27 +147,9 @@ export class MemoryStore implements Store {
     return view;
   }
 
-  /**
-   * T2: pops expiry entries that are due; cost grows with what expired, not with what lives. Each
-   * record has one entry, at the expiry it had when the entry was pushed: a record renewed or
-   * completed since then is pushed again at its new expiry when the old one comes due.
-   */
+  /** T2: pops expiry entries that are due; cost grows with what expired, not with what lives. */
   async sweep(limit = Number.POSITIVE_INFINITY): Promise<number> {
-    const now = Date.now();
-    let removed = 0;
-    while (removed < limit) {
-      const record = this.#expiries.popDue(now);
-      if (record === undefined) break;
-      // A record already dropped (released, expired on access, taken over) has nothing left to do.
-      if (this.#records.get(record.id) !== record) continue;
-      if (record.expiresAt <= now) {
-        this.#records.delete(record.id);
-        removed++;
-      } else {
-        this.#expiries.push(record.expiresAt, record);
-      }
-    }
-    return removed;
+    return this.#sweepDue(Date.now(), limit);
   }
 
   async close(): Promise<void> {
@@ -165,32 +157,70 @@ export class MemoryStore implements Store {
     this.#timer = undefined;
   }
 
-  #live(id: string, now: number): MemoryRecord | undefined {
-    const record = this.#records.get(id);
+  #live(scope: string, key: string, now: number): MemoryRecord | undefined {
+    const record = this.#scopes.get(scope)?.get(key);
     if (record === undefined) return undefined;
     if (record.expiresAt <= now) {
       // T2: lazily on access.
-      this.#records.delete(id);
+      this.#remove(record);
       return undefined;
     }
     return record;
   }
 
-  #evictOne(now: number): void {
-    for (const [id, record] of this.#records) {
-      if (record.response !== undefined || record.expiresAt <= now) {
-        this.#records.delete(id);
-        return;
-      }
+  /**
+   * A record has one heap entry, at `sweepAt`; one whose expiry moved later is pushed again at its
+   * new expiry when that entry comes due. Only an expiry moved earlier (a TTL shorter than what is
+   * left of the lease) needs an entry of its own now.
+   */
+  #expireAt(record: MemoryRecord, expiresAt: number): void {
+    record.expiresAt = expiresAt;
+    if (expiresAt < record.sweepAt) {
+      record.sweepAt = expiresAt;
+      this.#expiries.push(expiresAt, record);
     }
-    throw new Error(
-      `MemoryStore is full: all ${this.#maxRecords} records are in flight (options.maxRecords)`,
-    );
   }
-}
 
-function recordId(scope: string, key: string): string {
-  return `${scope}\u0000${key}`;
+  #remove(record: MemoryRecord): void {
+    const keys = this.#scopes.get(record.scope)!;
+    keys.delete(record.key);
+    if (keys.size === 0) this.#scopes.delete(record.scope);
+    this.#size--;
+    this.#completed?.delete(record);
+  }
+
+  #sweepDue(now: number, limit: number): number {
+    let removed = 0;
+    while (removed < limit) {
+      const entry = this.#expiries.popDue(now);
+      if (entry === undefined) break;
+      const { record } = entry;
+      // A record already gone (released, expired on access, taken over) has nothing left to sweep.
+      if (this.#scopes.get(record.scope)?.get(record.key) !== record) continue;
+      if (record.expiresAt <= now) {
+        this.#remove(record);
+        removed++;
+      } else if (entry.time === record.sweepAt) {
+        // Its expiry moved later since this entry was pushed: look again then.
+        record.sweepAt = record.expiresAt;
+        this.#expiries.push(record.expiresAt, record);
+      }
+      // Otherwise an earlier entry (a TTL shorter than the lease) already stood in for this one.
+    }
+    return removed;
+  }
+
+  /** Make room for one record: an expired one goes first (T2), then the oldest completed one. */
+  #evictOne(now: number): void {
+    if (this.#sweepDue(now, 1) === 1) return;
+    const oldest = this.#completed!.values().next();
+    if (oldest.done) {
+      throw new Error(
+        `MemoryStore is full: all ${this.#maxRecords} records are in flight (options.maxRecords)`,
+      );
+    }
+    this.#remove(oldest.value);
+  }
 }
 
 /** A binary min-heap of (expiry time, record). */
@@ -215,12 +245,12 @@ class ExpiryHeap {
     records[i] = record;
   }
 
-  /** Removes and returns the record of the earliest entry if it is due by `now`. */
-  popDue(now: number): MemoryRecord | undefined {
+  /** Removes and returns the earliest entry if it is due by `now`. */
+  popDue(now: number): { time: number; record: MemoryRecord } | undefined {
     const times = this.#times;
     const records = this.#records;
     if (times.length === 0 || times[0]! > now) return undefined;
-    const top = records[0]!;
+    const top = { time: times[0]!, record: records[0]! };
     const lastTime = times.pop()!;
     const lastRecord = records.pop()!;
     const n = times.length;
