@@ -165,6 +165,7 @@ export class Engine<Raw = unknown> {
    * Wait for one store call under `storeTimeoutMs` (S2: a hung store must not hang requests).
    * Callers make the call themselves, inside their own `try`, so a store that throws rather than
    * rejects is handled the same way.
+   * @internal
    */
   callStore<T>(operation: string, pending: Promise<T>): Promise<T> {
     const deadlines = this.#storeDeadlines;

@@ -89,7 +89,7 @@ describe('MemoryStore', () => {
     await store.close();
   });
 
-  it('keys are kept per scope: the same key in two scopes is two records, and an emptied scope is dropped', async () => {
+  it('S1: the same key in two scopes is two records, and a scope left empty is dropped', async () => {
     const store = new MemoryStore();
     await store.acquire({ scope: 'a', key: 'k', fingerprint: 'fa', token: 'ta', leaseMs: 60_000 });
     await store.acquire({ scope: 'b', key: 'k', fingerprint: 'fb', token: 'tb', leaseMs: 60_000 });
