@@ -1,3 +1,5 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { describeStoreContract } from '../testing.js';
 import { MemoryStore } from './memory.js';
@@ -118,6 +120,26 @@ describe('MemoryStore', () => {
     await expect(
       store.acquire({ scope: 's', key: 'd', fingerprint: 'f', token: 'td', leaseMs: 60_000 }),
     ).rejects.toThrow(/MemoryStore is full/);
+    await store.close();
+  });
+
+  it('maxRecords: an evicted record\'s response is not kept alive by anything the store holds', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const store = new MemoryStore({ maxRecords: 1 });
+    await store.acquire({ scope: 's', key: 'a', fingerprint: 'f', token: 'ta', leaseMs: 60_000 });
+    // In a function of its own, so that no variable of this test holds the body.
+    const recorded = await (async () => {
+      const body = new Uint8Array(64 * 1024);
+      await store.complete('s', 'a', 'ta', { status: 201, headers: {}, body, bodyOmitted: false }, 60_000);
+      return new WeakRef(body);
+    })();
+    await store.acquire({ scope: 's', key: 'b', fingerprint: 'f', token: 'tb', leaseMs: 60_000 }); // evicts a
+    expect(await store.get('s', 'a')).toBeUndefined();
+    // A WeakRef's target stays alive until the job that dereferenced it ends.
+    await new Promise((resolve) => setImmediate(resolve));
+    gc();
+    expect(recorded.deref()).toBeUndefined();
     await store.close();
   });
 

@@ -187,6 +187,9 @@ export class MemoryStore implements Store {
     if (keys.size === 0) this.#scopes.delete(record.scope);
     this.#size--;
     this.#completed?.delete(record);
+    // Its heap entry may outlive it (a record evicted under maxRecords keeps an entry until its TTL
+    // would have ended): what the entry still holds must not include the body.
+    record.response = undefined;
   }
 
   #sweepDue(now: number, limit: number): number {
