@@ -123,7 +123,7 @@ describe('MemoryStore', () => {
     await store.close();
   });
 
-  it('maxRecords: an evicted record\'s response is not kept alive by anything the store holds', async () => {
+  it("maxRecords: an evicted record's response is not kept alive by anything the store holds", async () => {
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
     const store = new MemoryStore({ maxRecords: 1 });
