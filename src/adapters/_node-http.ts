@@ -17,6 +17,9 @@ import type { HeaderMap } from '../core/store.js';
 export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> {
   readonly method: string;
   readonly url: string;
+  // Read once: Express gives every request a shape of its own, so each property read of `req`
+  // is a slow look-up, and node builds `headers` in a getter.
+  readonly #headers: IncomingMessage['headers'];
 
   constructor(
     readonly req: IncomingMessage,
@@ -26,16 +29,17 @@ export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> 
   ) {
     this.method = req.method ?? 'GET';
     this.url = url ?? req.url ?? '/';
+    this.#headers = req.headers;
   }
 
   header(name: string): string | undefined {
-    const value = this.req.headers[name];
+    const value = this.#headers[name];
     return Array.isArray(value) ? value.join(', ') : value;
   }
 
   readBody(limit: number): Promise<Uint8Array> {
     const req = this.req;
-    const declared = req.headers['content-length'];
+    const declared = this.#headers['content-length'];
     if (declared !== undefined && Number(declared) > limit) {
       return Promise.reject(new RequestTooLargeError(limit));
     }
@@ -368,7 +372,9 @@ class Capture implements CapturedResponse {
     // R6: recorded before the first byte is released.
     this.execution.complete({ status: res.statusCode, headers, body }).then(() => {
       this.#release();
-      if (!res.hasHeader('transfer-encoding')) res.setHeader('content-length', body.byteLength);
+      // Most frameworks have set it already (Express, Koa); setting it again costs two calls on `res`.
+      if (headers['content-length'] !== String(body.byteLength) && headers['transfer-encoding'] === undefined)
+        res.setHeader('content-length', body.byteLength);
       const [bytes, bytesEncoding] = endArguments(body);
       routed.end.call(res, bytes, bytesEncoding, done);
     });
