@@ -7,7 +7,7 @@ import { Readable } from 'node:stream';
 import { peekBuffered, peekNext, readLimited, readStreamLimited } from '../core/body.js';
 import type { Execution, IncomingRequest, OutgoingResponse } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
-import type { HeaderMap } from '../core/store.js';
+import type { Awaitable, HeaderMap } from '../core/store.js';
 
 /**
  * The engine's view of a node:http request; the body is read only when asked.
@@ -37,19 +37,17 @@ export class NodeRequest<Raw = IncomingMessage> implements IncomingRequest<Raw> 
     return Array.isArray(value) ? value.join(', ') : value;
   }
 
-  readBody(limit: number): Promise<Uint8Array> {
+  readBody(limit: number): Awaitable<Uint8Array> {
     const req = this.req;
     const declared = this.#headers['content-length'];
-    if (declared !== undefined && Number(declared) > limit) {
-      return Promise.reject(new RequestTooLargeError(limit));
-    }
+    if (declared !== undefined && Number(declared) > limit) throw new RequestTooLargeError(limit);
     const buffered = peekBuffered(req, declared);
-    if (buffered !== undefined) return Promise.resolve(buffered);
+    if (buffered !== undefined) return buffered;
     if (this.parsedBody !== undefined && (req.readableDidRead || req.readableEnded)) {
       // Something read the stream before us: its bytes are gone, fingerprint what was made of them.
       const body = parsedBodyBytes(this.parsedBody());
-      if (body.byteLength > limit) return Promise.reject(new RequestTooLargeError(limit));
-      return Promise.resolve(body);
+      if (body.byteLength > limit) throw new RequestTooLargeError(limit);
+      return body;
     }
     if (req.readableEnded || req.destroyed) return readByIterator(req, limit);
     return peekNext(req, declared).then((body) => body ?? readByListeners(req, limit));

@@ -2,7 +2,7 @@
  * @module oncely/express: idempotency middleware for Express 4 and 5.
  */
 import type { NextFunction, Request, Response } from 'express';
-import { Engine, PASS } from '../core/engine.js';
+import { type Decision, Engine, PASS } from '../core/engine.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import { captureResponse, NodeRequest, writeResponse } from './_node-http.js';
 
@@ -41,16 +41,20 @@ export function idempotency(options?: IdempotencyOptions<Request>): IdempotencyM
       next();
       return;
     }
-    Promise.resolve(decision).then((decided) => {
-      if (decided.action === 'pass') next();
-      else if (decided.action === 'respond') writeResponse(res, decided.response);
-      else {
-        captureResponse(res, decided.execution);
-        next();
-      }
-    }, next); // Only the user's scope/fingerprint callbacks can reject: the app's error, for Express.
+    // Only the user's scope/fingerprint callbacks can reject: the app's error, for Express.
+    if (decision instanceof Promise) decision.then((decided) => act(decided, res, next), next);
+    else act(decision, res, next);
   }
   return Object.assign(idempotencyMiddleware, { engine });
+}
+
+function act(decision: Decision, res: Response, next: NextFunction): void {
+  if (decision.action === 'pass') next();
+  else if (decision.action === 'respond') writeResponse(res, decision.response);
+  else {
+    captureResponse(res, decision.execution);
+    next();
+  }
 }
 
 export type { IdempotencyOptions } from '../core/options.js';

@@ -409,9 +409,9 @@ describe('oncely/fastify capture', () => {
   });
 
   it('S2: with fail-open the handler runs on a store error and still reads the body', async () => {
-    const broken = new MemoryStore();
+    const broken: Store = new MemoryStore();
     broken.acquire = () => Promise.reject(new Error('store down'));
-    await build({ store: broken as Store, onStoreError: 'fail-open' }, (a) =>
+    await build({ store: broken, onStoreError: 'fail-open' }, (a) =>
       a.post('/o', async (req) => {
         runs++;
         return { body: req.body };

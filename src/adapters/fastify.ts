@@ -12,10 +12,17 @@ import type {
 } from 'fastify';
 import fp from 'fastify-plugin';
 import { peekBuffered, peekNext, readStreamLimited } from '../core/body.js';
-import { Engine, type Execution, type IncomingRequest, type OutgoingResponse, PASS } from '../core/engine.js';
+import {
+  type Decision,
+  Engine,
+  type Execution,
+  type IncomingRequest,
+  type OutgoingResponse,
+  PASS,
+} from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
 import type { IdempotencyOptions } from '../core/options.js';
-import type { Store } from '../core/store.js';
+import type { Awaitable, Store } from '../core/store.js';
 import { MemoryStore } from '../stores/memory.js';
 import { headerMap, writeResponse } from './_node-http.js';
 
@@ -46,27 +53,12 @@ function routeHooks(engine: Engine<FastifyRequest>) {
     const incoming = new FastifyIncoming(request, payload);
     const decision = engine.begin(incoming);
     if (decision === PASS) return done(null, payload);
-    Promise.resolve(decision).then(
-      (decided) => {
-        // S2 fail-open: the handler runs unprotected, with the body oncely already read.
-        if (decided.action === 'pass') return done(null, incoming.body());
-        if (decided.action === 'respond') return answer(reply, decided.response);
-        const execution = decided.execution;
-        executions.set(request, execution);
-        // R3, L5: a reply that never passes onSend (hijacked, written to reply.raw) still settles the
-        // key when its connection closes, so a retry never re-runs the handler. One listener on keyed
-        // requests only: an onResponse hook would make Fastify watch every response it sends.
-        reply.raw.once('close', () => {
-          if (reply.sent && executions.get(request) === execution) {
-            executions.delete(request);
-            void execution.fail(new Error('reply bypassed onSend'));
-          }
-        });
-        // The body was read for the fingerprint; hand Fastify the same bytes to parse.
-        done(null, incoming.body());
-      },
-      (error: Error) => done(error),
-    );
+    if (decision instanceof Promise) {
+      decision.then(
+        (decided) => proceed(decided, request, reply, incoming, done),
+        (error: Error) => done(error),
+      );
+    } else proceed(decision, request, reply, incoming, done);
   };
 
   // Callback style, not async: unkeyed requests then cost a WeakMap look-up, not a promise and a
@@ -79,6 +71,38 @@ function routeHooks(engine: Engine<FastifyRequest>) {
   };
 
   return { preParsing, onSend };
+}
+
+/** Act on the engine's decision for a keyed request, at preParsing. */
+function proceed(
+  decision: Decision,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  incoming: FastifyIncoming,
+  done: (error: Error | null, payload?: Readable) => void,
+): void {
+  if (decision.action === 'pass') {
+    // S2 fail-open: the handler runs unprotected, with the body oncely already read.
+    done(null, incoming.body());
+    return;
+  }
+  if (decision.action === 'respond') {
+    answer(reply, decision.response);
+    return;
+  }
+  const execution = decision.execution;
+  executions.set(request, execution);
+  // R3, L5: a reply that never passes onSend (hijacked, written to reply.raw) still settles the
+  // key when its connection closes, so a retry never re-runs the handler. One listener on keyed
+  // requests only: an onResponse hook would make Fastify watch every response it sends.
+  reply.raw.once('close', () => {
+    if (reply.sent && executions.get(request) === execution) {
+      executions.delete(request);
+      void execution.fail(new Error('reply bypassed onSend'));
+    }
+  });
+  // The body was read for the fingerprint; hand Fastify the same bytes to parse.
+  done(null, incoming.body());
 }
 
 /**
@@ -120,12 +144,19 @@ class FastifyIncoming implements IncomingRequest<FastifyRequest> {
   }
 
   // F1: the fingerprint takes the raw bytes, read under the R7 limit before Fastify parses them.
-  async readBody(limit: number): Promise<Uint8Array> {
+  readBody(limit: number): Awaitable<Uint8Array> {
     const declared = this.raw.headers['content-length'];
     if (declared !== undefined && Number(declared) > limit) throw new RequestTooLargeError(limit);
     // A small body is usually in the payload's buffer already, or one microtask later: peeked at,
     // the payload itself goes on to Fastify.
-    this.peeked = peekBuffered(this.payload, declared) ?? (await peekNext(this.payload, declared));
+    const peeked = peekBuffered(this.payload, declared);
+    if (peeked === undefined) return this.#readLater(limit, declared);
+    this.peeked = peeked;
+    return peeked;
+  }
+
+  async #readLater(limit: number, declared: string | undefined): Promise<Uint8Array> {
+    this.peeked = await peekNext(this.payload, declared);
     if (this.peeked !== undefined) return this.peeked;
     // Past the limit the rest drains unread, so the connection stays usable for the 413.
     this.read = await readStreamLimited(this.payload, limit, {

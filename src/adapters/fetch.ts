@@ -147,7 +147,7 @@ export function withIdempotency<Args extends unknown[]>(
     const incoming = new FetchRequest(request);
     const pending = engine.begin(incoming);
     if (pending === PASS) return handler(request, ...rest);
-    const decision = await pending;
+    const decision = pending instanceof Promise ? await pending : pending;
     // fail-open passes after the body was read: hand the app a copy that still has it.
     if (decision.action === 'pass') return handler(incoming.forApp(), ...rest);
     if (decision.action === 'respond') return toFetchResponse(decision.response);

@@ -3,6 +3,7 @@ import { serve } from '@hono/node-server';
 import { type Context, Hono } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { Store } from '../core/store.js';
 import { MemoryStore } from '../stores/memory.js';
 import { idempotency } from './hono.js';
 
@@ -156,7 +157,7 @@ describe('oncely/hono', () => {
   });
 
   it('S2: with fail-open the handler runs unprotected on a store error and still reads the body', async () => {
-    const store = new MemoryStore();
+    const store: Store = new MemoryStore();
     store.acquire = () => Promise.reject(new Error('store down'));
     const app = new Hono();
     app.use('*', idempotency({ store, onStoreError: 'fail-open' }));

@@ -37,7 +37,7 @@ export function idempotency(
     const incoming = new HonoIncoming(c);
     const pending = engine.begin(incoming);
     if (pending === PASS) return next();
-    const decision = await pending;
+    const decision = pending instanceof Promise ? await pending : pending;
     if (decision.action === 'respond') return toFetchResponse(decision.response);
     // F1: the body was read for the fingerprint; give the handler a request it can read again
     // (also after an S2 fail-open pass). `c.req.json()` and friends read `c.req.raw`.

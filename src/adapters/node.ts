@@ -2,7 +2,7 @@
  * @module oncely/node: idempotency for any `node:http` request listener.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Engine, PASS } from '../core/engine.js';
+import { type Decision, Engine, PASS } from '../core/engine.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import { captureResponse, NodeRequest, writeResponse } from './_node-http.js';
 
@@ -29,17 +29,9 @@ export function withIdempotency(
   function idempotentListener(req: IncomingMessage, res: ServerResponse): unknown {
     const decision = engine.begin(new NodeRequest(req, req));
     if (decision === PASS) return listener(req, res);
-    return Promise.resolve(decision).then(
-      async (decided) => {
-        if (decided.action === 'pass') return listener(req, res);
-        if (decided.action === 'respond') return writeResponse(res, decided.response);
-        const capture = captureResponse(res, decided.execution);
-        try {
-          await listener(req, res);
-        } catch (error) {
-          capture.fail(error);
-        }
-      },
+    if (!(decision instanceof Promise)) return act(decision, listener, req, res);
+    return decision.then(
+      (decided) => act(decided, listener, req, res),
       (error: unknown) => {
         // Only the user's scope/fingerprint callbacks can throw here.
         if (!res.headersSent) {
@@ -51,6 +43,22 @@ export function withIdempotency(
     );
   }
   return Object.assign(idempotentListener, { engine });
+}
+
+function act(decision: Decision, listener: NodeListener, req: IncomingMessage, res: ServerResponse): unknown {
+  if (decision.action === 'pass') return listener(req, res);
+  if (decision.action === 'respond') return writeResponse(res, decision.response);
+  const capture = captureResponse(res, decision.execution);
+  let ran: unknown;
+  try {
+    ran = listener(req, res);
+  } catch (error) {
+    capture.fail(error);
+    return undefined;
+  }
+  // R3: a listener that rejects gets the same treatment as one that throws.
+  if (typeof (ran as PromiseLike<unknown> | undefined)?.then !== 'function') return ran;
+  return Promise.resolve(ran).catch((error: unknown) => capture.fail(error));
 }
 
 export type { IdempotencyOptions } from '../core/options.js';

@@ -28,6 +28,23 @@ function incoming(
   };
 }
 
+/** A request whose body is in hand: `readBody` answers (or throws) at once, as an adapter that peeked. */
+function inHand(
+  headers: Record<string, string>,
+  body: Uint8Array = encoder.encode('{}'),
+): IncomingRequest<null> {
+  return {
+    method: 'POST',
+    url: '/payments',
+    header: (name) => headers[name],
+    readBody: (limit) => {
+      if (body.byteLength > limit) throw new RequestTooLargeError(limit);
+      return body;
+    },
+    raw: null,
+  };
+}
+
 const ok = (status = 201): OutgoingResponse => ({
   status,
   headers: { 'content-type': 'application/json' },
@@ -112,6 +129,75 @@ describe('Engine.begin', () => {
     const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
     expect(decision.action).toBe('execute');
     expect(seen).toEqual(['scope:{}', 'fp:POST /payments']);
+  });
+  it('L1, R2: with the body in hand and a store that answers at once, keyed requests are decided without a promise', async () => {
+    const store = new MemoryStore();
+    const engine = new Engine<null>({ store });
+    const first = engine.begin(inHand({ 'idempotency-key': 'abcdefgh' }));
+    if (first instanceof Promise || first.action !== 'execute') throw new Error('expected execute, at once');
+    const conflict = engine.begin(inHand({ 'idempotency-key': 'abcdefgh' }));
+    expect(!(conflict instanceof Promise) && conflict.action === 'respond' && conflict.response.status).toBe(
+      409,
+    );
+    await first.execution.complete(ok());
+    const replay = engine.begin(inHand({ 'idempotency-key': 'abcdefgh' }));
+    if (replay instanceof Promise || replay.action !== 'respond')
+      throw new Error('expected a replay, at once');
+    expect(replay.response.headers['idempotent-replayed']).toBe('true');
+    await store.close();
+  });
+
+  it('R7: a readBody that throws RequestTooLargeError at once is a 413 problem', () => {
+    const engine = new Engine<null>({ maxRequestBytes: 2 });
+    const decision = engine.begin(inHand({ 'idempotency-key': 'abcdefgh' }, encoder.encode('abc')));
+    if (decision instanceof Promise || decision.action !== 'respond') throw new Error('expected a problem');
+    expect(decision.response.status).toBe(413);
+    expectProblem(decision.response);
+  });
+
+  it('F1, S1: a callback that throws rejects the decision rather than throwing out of begin()', async () => {
+    const engine = new Engine<null>({
+      scope: () => {
+        throw new Error('no tenant');
+      },
+    });
+    let decision: ReturnType<typeof engine.begin> | undefined;
+    expect(() => {
+      decision = engine.begin(inHand({ 'idempotency-key': 'abcdefgh' }));
+    }).not.toThrow();
+    await expect(decision).rejects.toThrow('no tenant');
+  });
+
+  it('F1: a fingerprint callback runs once, also when it returns something other than a string', async () => {
+    const fingerprint = vi.fn(() => 42 as unknown as string);
+    const engine = new Engine<null>({ fingerprint });
+    await expect(engine.begin(inHand({ 'idempotency-key': 'abcdefgh' }))).rejects.toThrow(
+      'options.fingerprint must return a string',
+    );
+    expect(fingerprint).toHaveBeenCalledTimes(1);
+  });
+
+  it('F1, S1: async callbacks are awaited in turn, scope first, and their results used', async () => {
+    const seen: string[] = [];
+    const store = new MemoryStore();
+    const acquire = vi.spyOn(store, 'acquire');
+    const engine = new Engine<null>({
+      store,
+      scope: async () => {
+        await new Promise((resolve) => setImmediate(resolve));
+        seen.push('scope');
+        return 'tenant-1';
+      },
+      fingerprint: async () => {
+        seen.push('fingerprint');
+        return 'fp-1';
+      },
+    });
+    const decision = await engine.begin(inHand({ 'idempotency-key': 'abcdefgh' }));
+    expect(decision.action).toBe('execute');
+    expect(seen).toEqual(['scope', 'fingerprint']);
+    expect(acquire).toHaveBeenCalledWith(expect.objectContaining({ scope: 'tenant-1', fingerprint: 'fp-1' }));
+    await store.close();
   });
 });
 
@@ -355,10 +441,10 @@ describe('Engine events', () => {
   });
 
   it('S2: store calls that hang are cut off after storeTimeoutMs', async () => {
-    const hung = new MemoryStore();
+    const hung: Store = new MemoryStore();
     vi.spyOn(hung, 'acquire').mockReturnValue(new Promise(() => {}));
     const events: EngineEvent[] = [];
-    const engine = new Engine({ store: hung as Store, storeTimeoutMs: 20, onEvent: (e) => events.push(e) });
+    const engine = new Engine({ store: hung, storeTimeoutMs: 20, onEvent: (e) => events.push(e) });
     const decision = await engine.begin(incoming('POST', { 'idempotency-key': 'abcdefgh' }));
     expect(decision.action === 'respond' && decision.response.status).toBe(503);
     expect((events[0]?.error as Error | undefined)?.message).toMatch(

@@ -18,7 +18,7 @@ import { defaultFingerprint, defaultScope } from './fingerprint.js';
 import { IDEMPOTENCY_KEY_HEADER, parseKey, redactKey } from './key.js';
 import { type IdempotencyOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import type { IdempotencyRequest } from './request.js';
-import type { HeaderMap, Store, StoredResponse } from './store.js';
+import type { AcquireResult, Awaitable, HeaderMap, Store, StoredResponse } from './store.js';
 
 /** Replays carry this header (R2). */
 export const REPLAYED_HEADER = 'idempotent-replayed';
@@ -31,10 +31,11 @@ export interface IncomingRequest<Raw = unknown> {
   readonly url: string;
   header(name: string): string | undefined;
   /**
-   * Read the whole body; called only for keyed requests. Must reject with
-   * {@link RequestTooLargeError} once more than `limit` bytes arrive (R7).
+   * Read the whole body; called only for keyed requests. Must reject (or throw) with
+   * {@link RequestTooLargeError} once more than `limit` bytes arrive (R7). A body already in hand
+   * may be returned as it is, without a promise.
    */
-  readBody(limit: number): Promise<Uint8Array>;
+  readBody(limit: number): Awaitable<Uint8Array>;
   readonly raw: Raw;
 }
 
@@ -101,9 +102,11 @@ export class Engine<Raw = unknown> {
 
   /**
    * Decide what happens to one request. Returns {@link PASS} synchronously for requests the engine
-   * does not touch (K6, M2, M3), so unkeyed traffic costs a header look-up; otherwise a promise.
-   * Never rejects for bad input: every rejection is a problem response (P1). Errors thrown by the
-   * user's `scope` or `fingerprint` callbacks propagate.
+   * does not touch (K6, M2, M3), so unkeyed traffic costs a header look-up. A keyed request is
+   * decided synchronously too when everything it needs is at hand (a body already read, an
+   * in-process store such as the MemoryStore or SQLite, sync `scope`/`fingerprint` callbacks);
+   * otherwise the decision is a promise. Never rejects for bad input: every rejection is a problem
+   * response (P1). Errors thrown by the user's `scope` or `fingerprint` callbacks reject the promise.
    */
   begin(request: IncomingRequest<Raw>): Decision | Promise<Decision> {
     const options = this.options;
@@ -121,17 +124,41 @@ export class Engine<Raw = unknown> {
     return this.#beginKeyed(request, header);
   }
 
-  async #beginKeyed(incoming: IncomingRequest<Raw>, header: string): Promise<Decision> {
+  // Plain functions rather than async ones, here and down to the store: a request whose body is
+  // read and whose store answers in-process is decided without a promise, a microtask or an async
+  // frame, which is most of what a replay costs otherwise.
+  #beginKeyed(incoming: IncomingRequest<Raw>, header: string): Decision | Promise<Decision> {
     const started = performance.now();
     const key = parseKey(header);
     if (typeof key !== 'string') return this.#reject(incoming, key, started);
-    let body: Uint8Array;
+    let body: Awaitable<Uint8Array>;
     try {
-      body = await incoming.readBody(this.options.maxRequestBytes);
+      body = incoming.readBody(this.options.maxRequestBytes);
     } catch (error) {
-      if (error instanceof IdempotencyError) return this.#reject(incoming, error, started, key);
-      throw error;
+      return this.#unreadable(incoming, error, started, key);
     }
+    if (isPromiseLike(body)) {
+      return Promise.resolve(body).then(
+        (bytes) => this.#identify(incoming, key, bytes, started),
+        (error: unknown) => this.#unreadable(incoming, error, started, key),
+      );
+    }
+    return this.#identify(incoming, key, body, started);
+  }
+
+  /** R7 and the like: a body that could not be read under the rules is a problem response. */
+  #unreadable(request: IncomingRequest<Raw>, error: unknown, started: number, key: string): RespondDecision {
+    if (error instanceof IdempotencyError) return this.#reject(request, error, started, key);
+    throw error;
+  }
+
+  /** F1, S1: the request's scope and fingerprint, then the store. */
+  #identify(
+    incoming: IncomingRequest<Raw>,
+    key: string,
+    body: Uint8Array,
+    started: number,
+  ): Decision | Promise<Decision> {
     const request: IdempotencyRequest<Raw> = {
       method: incoming.method,
       url: incoming.url,
@@ -140,15 +167,45 @@ export class Engine<Raw = unknown> {
       raw: incoming.raw,
     };
     const options = this.options;
-    const scope = options.scope ? await options.scope(request) : defaultScope(request);
-    const fingerprint = options.fingerprint
-      ? await options.fingerprint(request)
-      : defaultFingerprint(request);
+    let scope: Awaitable<string>;
+    let fingerprint: Awaitable<string> | undefined;
+    try {
+      scope = options.scope ? options.scope(request) : defaultScope(request);
+      // The fingerprint callback runs only once the scope is known, as it would after an await.
+      if (typeof scope === 'string') {
+        fingerprint = options.fingerprint ? options.fingerprint(request) : defaultFingerprint(request);
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (typeof scope === 'string' && typeof fingerprint === 'string') {
+      return new RequestContext(this, request, scope, key, fingerprint, started).acquire();
+    }
+    return this.#identifyLater(request, key, started, scope, fingerprint);
+  }
+
+  /**
+   * {@link Engine.#identify} once a callback returned a promise (or something else: an error). The
+   * fingerprint was computed already when the scope came back as a string, and not otherwise.
+   */
+  async #identifyLater(
+    request: IdempotencyRequest<Raw>,
+    key: string,
+    started: number,
+    pendingScope: Awaitable<string>,
+    pendingFingerprint: Awaitable<string> | undefined,
+  ): Promise<Decision> {
+    const options = this.options;
+    const fingerprinted = typeof pendingScope === 'string';
+    const scope = await pendingScope;
     if (typeof scope !== 'string') throw new TypeError('options.scope must return a string');
+    const fingerprint = await (fingerprinted
+      ? pendingFingerprint
+      : options.fingerprint
+        ? options.fingerprint(request)
+        : defaultFingerprint(request));
     if (typeof fingerprint !== 'string') throw new TypeError('options.fingerprint must return a string');
-    const context = new RequestContext(this, request, scope, key, fingerprint, started);
-    // Awaited, not returned: an async function resolving to a promise costs two more ticks.
-    return await context.acquire();
+    return await new RequestContext(this, request, scope, key, fingerprint, started).acquire();
   }
 
   #reject(
@@ -162,19 +219,19 @@ export class Engine<Raw = unknown> {
   }
 
   /**
-   * Wait for one store call under `storeTimeoutMs` (S2: a hung store must not hang requests).
-   * Callers make the call themselves, inside their own `try`, so a store that throws rather than
-   * rejects is handled the same way.
+   * Wait for a store call's promise under `storeTimeoutMs` (S2: a hung store must not hang
+   * requests). An answer already in hand needs no timeout and never comes here. Callers make the
+   * call themselves, inside their own `try`, so a store that throws rather than rejects is handled
+   * the same way.
    * @internal
    */
-  callStore<T>(operation: string, pending: Promise<T>): Promise<T> {
+  callStore<T>(operation: string, pending: PromiseLike<T>): Promise<T> {
     const deadlines = this.#storeDeadlines;
     // One promise and one list entry per call (no Promise.race, no timer of its own): this runs two
     // or three times per keyed request.
     return new Promise<T>((resolve, reject) => {
       const deadline = deadlines.add(() => reject(new StoreTimeoutError(operation, deadlines.ms)));
-      // Promise.resolve: a store written in JavaScript may hand back a plain value.
-      Promise.resolve(pending).then(
+      pending.then(
         (value) => {
           deadline.cancel();
           resolve(value);
@@ -226,6 +283,7 @@ export class Engine<Raw = unknown> {
 export class RequestContext<Raw> {
   readonly token = newToken();
   storeMs = 0;
+  #retryDelay = 10;
 
   constructor(
     readonly engine: Engine<Raw>,
@@ -236,49 +294,66 @@ export class RequestContext<Raw> {
     readonly started: number,
   ) {}
 
-  async acquire(): Promise<Decision> {
-    const { options } = this.engine;
-    const deadline = this.started + options.waitTimeoutMs;
-    let delay = 10;
-    for (;;) {
-      const before = performance.now();
-      let result: Awaited<ReturnType<Store['acquire']>>;
-      try {
-        result = await this.engine.callStore(
-          'acquire',
-          this.engine.store.acquire({
-            scope: this.scope,
-            key: this.key,
-            fingerprint: this.fingerprint,
-            token: this.token,
-            leaseMs: options.lockTimeoutMs,
-          }),
-        );
-      } catch (error) {
+  /** Ask the store for the record (L1, L5) and decide on what it holds. */
+  acquire(): Decision | Promise<Decision> {
+    const engine = this.engine;
+    const before = performance.now();
+    let result: Awaitable<AcquireResult>;
+    try {
+      result = engine.store.acquire({
+        scope: this.scope,
+        key: this.key,
+        fingerprint: this.fingerprint,
+        token: this.token,
+        leaseMs: engine.options.lockTimeoutMs,
+      });
+    } catch (error) {
+      this.storeMs += performance.now() - before;
+      return this.storeFailed(error);
+    }
+    if (!isPromiseLike(result)) {
+      this.storeMs += performance.now() - before;
+      return this.#decide(result);
+    }
+    return engine.callStore('acquire', result).then(
+      (found) => {
+        this.storeMs += performance.now() - before;
+        return this.#decide(found);
+      },
+      (error: unknown) => {
         this.storeMs += performance.now() - before;
         return this.storeFailed(error);
-      }
-      this.storeMs += performance.now() - before;
-      if (result.state === 'acquired') {
-        return { action: 'execute', execution: new Execution(this) };
-      }
-      // F2: checked before the lock, whether the record is in flight or completed.
-      if (result.fingerprint !== this.fingerprint) {
-        return this.respond('mismatch', new KeyReusedError());
-      }
-      if (result.state === 'completed') {
-        const response = replayResponse(result.response);
-        this.emit('replayed', { status: response.status });
-        return { action: 'respond', response };
-      }
-      // L2: in flight with the same request.
-      const now = performance.now();
-      if (options.onInFlight === 'reject' || now >= deadline) {
-        return this.respond('conflict', new KeyInUseError());
-      }
-      await sleep(Math.min(delay, deadline - now));
-      delay = Math.min(delay * 2, 250);
+      },
+    );
+  }
+
+  #decide(result: AcquireResult): Decision | Promise<Decision> {
+    if (result.state === 'acquired') {
+      return { action: 'execute', execution: new Execution(this) };
     }
+    // F2: checked before the lock, whether the record is in flight or completed.
+    if (result.fingerprint !== this.fingerprint) {
+      return this.respond('mismatch', new KeyReusedError());
+    }
+    if (result.state === 'completed') {
+      const response = replayResponse(result.response);
+      this.emit('replayed', { status: response.status });
+      return { action: 'respond', response };
+    }
+    // L2: in flight with the same request.
+    if (this.engine.options.onInFlight === 'reject') return this.respond('conflict', new KeyInUseError());
+    return this.#waitAndRetry();
+  }
+
+  /** L2 `onInFlight: 'wait'`: ask again after a pause, backing off, until `waitTimeoutMs` runs out. */
+  async #waitAndRetry(): Promise<Decision> {
+    const now = performance.now();
+    const deadline = this.started + this.engine.options.waitTimeoutMs;
+    if (now >= deadline) return this.respond('conflict', new KeyInUseError());
+    const delay = this.#retryDelay;
+    this.#retryDelay = Math.min(delay * 2, 250);
+    await sleep(Math.min(delay, deadline - now));
+    return await this.acquire();
   }
 
   storeFailed(error: unknown): Decision {
@@ -325,7 +400,7 @@ export class Execution {
   #beat(): void {
     this.#heartbeat = this.#context.engine.heartbeats.add(() => {
       this.#beat();
-      void this.#renew(this.#context.engine.options.lockTimeoutMs);
+      this.#renew(this.#context.engine.options.lockTimeoutMs);
     });
   }
 
@@ -360,10 +435,10 @@ export class Execution {
    * A store failure here is reported, never thrown: the handler already acted, so its response
    * still goes to the client.
    */
-  async complete(response: OutgoingResponse): Promise<OutgoingResponse> {
+  complete(response: OutgoingResponse): Promise<OutgoingResponse> {
     const omitted = response.body.byteLength > this.maxResponseBytes || this.streams(response.headers);
-    await this.#finish(response.status, response.headers, omitted ? EMPTY : response.body, omitted);
-    return response;
+    const writing = this.#finish(response.status, response.headers, omitted ? EMPTY : response.body, omitted);
+    return writing === undefined ? Promise.resolve(response) : writing.then(() => response);
   }
 
   /**
@@ -371,52 +446,76 @@ export class Execution {
    * stream) to the first caller. Replays carry `Idempotent-Body-Omitted: true`.
    */
   completeWithoutBody(status: number, headers: HeaderMap): Promise<void> {
-    return this.#finish(status, headers, EMPTY, true);
+    return this.#finish(status, headers, EMPTY, true) ?? SETTLED;
   }
 
   /**
    * R3: the handler failed and no framework produced an error response, or the response broke off
    * midway: record a 500 problem so a retry never re-runs the handler, and return it.
    */
-  async fail(cause?: unknown): Promise<OutgoingResponse> {
+  fail(cause?: unknown): Promise<OutgoingResponse> {
     const response = problemResponse(new ResponseIncompleteError(cause));
-    await this.#finish(response.status, response.headers, response.body, false);
-    return response;
+    const writing = this.#finish(response.status, response.headers, response.body, false);
+    return writing === undefined ? Promise.resolve(response) : writing.then(() => response);
   }
 
   /** Drop the lock without an outcome, so a retry runs the handler again (G2, fail-open paths). */
   release(): Promise<void> {
-    return this.#settle() ? this.#write(undefined, undefined) : SETTLED;
+    return (this.#settle() ? this.#write(undefined, undefined) : undefined) ?? SETTLED;
   }
 
-  #finish(status: number, headers: HeaderMap, body: Uint8Array, bodyOmitted: boolean): Promise<void> {
-    if (!this.#settle()) return SETTLED;
+  /** The outcome's store write; undefined when it is done already (or there is none to make). */
+  #finish(
+    status: number,
+    headers: HeaderMap,
+    body: Uint8Array,
+    bodyOmitted: boolean,
+  ): Promise<void> | undefined {
+    if (!this.#settle()) return undefined;
     if (!shouldRecord(this.#context.engine.options.record, status)) return this.#write(undefined, status);
     return this.#write({ status, headers: recordableHeaders(headers), body, bodyOmitted }, status);
   }
 
   /**
    * The one fenced store write of an execution: complete with `stored`, or release without an
-   * outcome when it is undefined. A store failure is reported, not thrown.
+   * outcome when it is undefined. A store failure is reported, not thrown. Returns a promise only
+   * when the store answers with one.
    */
-  async #write(stored: StoredResponse | undefined, status: number | undefined): Promise<void> {
+  #write(stored: StoredResponse | undefined, status: number | undefined): Promise<void> | undefined {
     const context = this.#context;
-    const { engine } = context;
-    const { scope, key, token } = context;
+    const { engine, scope, key, token } = context;
     const before = performance.now();
-    let written: boolean | undefined;
+    let written: Awaitable<boolean>;
     try {
-      written = await (stored === undefined
-        ? engine.callStore('release', engine.store.release(scope, key, token))
-        : engine.callStore(
-            'complete',
-            engine.store.complete(scope, key, token, stored, engine.options.ttlMs),
-          ));
+      written =
+        stored === undefined
+          ? engine.store.release(scope, key, token)
+          : engine.store.complete(scope, key, token, stored, engine.options.ttlMs);
     } catch (error) {
-      context.emit('store_error', { error, failOpen: false });
-    } finally {
-      context.storeMs += performance.now() - before;
+      this.#wrote(stored, status, before, undefined, error);
+      return undefined;
     }
+    if (!isPromiseLike(written)) {
+      this.#wrote(stored, status, before, written);
+      return undefined;
+    }
+    return engine.callStore(stored === undefined ? 'release' : 'complete', written).then(
+      (value) => this.#wrote(stored, status, before, value),
+      (error: unknown) => this.#wrote(stored, status, before, undefined, error),
+    );
+  }
+
+  /** Report a store write: `written` is what the store answered, undefined when it failed with `error`. */
+  #wrote(
+    stored: StoredResponse | undefined,
+    status: number | undefined,
+    before: number,
+    written: boolean | undefined,
+    error?: unknown,
+  ): void {
+    const context = this.#context;
+    context.storeMs += performance.now() - before;
+    if (written === undefined) context.emit('store_error', { error, failOpen: false });
     if (stored === undefined) context.emit('released', status === undefined ? {} : { status });
     else if (written !== undefined) context.emit(written ? 'executed' : 'fenced', { status });
   }
@@ -428,22 +527,34 @@ export class Execution {
     return true;
   }
 
-  async #renew(leaseMs: number): Promise<void> {
+  #renew(leaseMs: number): void {
     const context = this.#context;
+    let renewed: Awaitable<boolean>;
     try {
-      const renewed = await context.engine.callStore(
-        'renew',
-        context.engine.store.renew(context.scope, context.key, context.token, leaseMs),
-      );
-      if (!renewed && !this.#settled) {
-        // L4: someone took the lease over; our outcome will be refused. Stop renewing.
-        this.#lost = true;
-        this.#heartbeat?.cancel();
-      }
+      renewed = context.engine.store.renew(context.scope, context.key, context.token, leaseMs);
     } catch (error) {
-      // A missed renewal is retried on the next beat; the lease outlives two of them.
-      context.emit('store_error', { error, failOpen: false });
+      this.#renewFailed(error);
+      return;
     }
+    if (!isPromiseLike(renewed)) this.#renewed(renewed);
+    else
+      context.engine.callStore('renew', renewed).then(
+        (value) => this.#renewed(value),
+        (error: unknown) => this.#renewFailed(error),
+      );
+  }
+
+  #renewed(renewed: boolean): void {
+    if (!renewed && !this.#settled) {
+      // L4: someone took the lease over; our outcome will be refused. Stop renewing.
+      this.#lost = true;
+      this.#heartbeat?.cancel();
+    }
+  }
+
+  #renewFailed(error: unknown): void {
+    // A missed renewal is retried on the next beat; the lease outlives two of them.
+    this.#context.emit('store_error', { error, failOpen: false });
   }
 }
 
@@ -514,6 +625,13 @@ function newToken(): string {
 
 const TOKEN_PREFIX = `${randomUUID()}.`;
 let tokens = 0;
+
+/** Whether a store or a callback answered with a promise (or any thenable) rather than the value. */
+function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return (
+    typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function'
+  );
+}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -117,9 +117,9 @@ describe('MemoryStore', () => {
     await store.acquire({ scope: 's', key: 'c', fingerprint: 'f', token: 'tc', leaseMs: 60_000 });
     expect(await store.get('s', 'a')).toMatchObject({ state: 'in-flight' });
     expect(await store.get('s', 'b')).toBeUndefined();
-    await expect(
+    expect(() =>
       store.acquire({ scope: 's', key: 'd', fingerprint: 'f', token: 'td', leaseMs: 60_000 }),
-    ).rejects.toThrow(/MemoryStore is full/);
+    ).toThrow(/MemoryStore is full/);
     await store.close();
   });
 

@@ -31,6 +31,7 @@ const ACQUIRED: AcquireResult = Object.freeze({ state: 'acquired' });
 /**
  * A store in this process's memory. Serves one process: records are lost on restart and not shared.
  * Expired records are dropped on access and by a sweep whose cost is proportional to what expired (T2).
+ * Its record operations answer at once, without a promise, so the engine decides in the same tick.
  *
  * @example
  * const store = new MemoryStore({ maxRecords: 100_000 });
@@ -66,7 +67,7 @@ export class MemoryStore implements Store {
     return this.#size;
   }
 
-  async acquire(input: AcquireInput): Promise<AcquireResult> {
+  acquire(input: AcquireInput): AcquireResult {
     const now = Date.now();
     const existing = this.#live(input.scope, input.key, now);
     if (existing !== undefined) {
@@ -98,13 +99,7 @@ export class MemoryStore implements Store {
     return ACQUIRED;
   }
 
-  async complete(
-    scope: string,
-    key: string,
-    token: string,
-    response: StoredResponse,
-    ttlMs: number,
-  ): Promise<boolean> {
+  complete(scope: string, key: string, token: string, response: StoredResponse, ttlMs: number): boolean {
     const now = Date.now();
     const record = this.#live(scope, key, now);
     // L4: only the current owner may complete.
@@ -117,7 +112,7 @@ export class MemoryStore implements Store {
     return true;
   }
 
-  async renew(scope: string, key: string, token: string, leaseMs: number): Promise<boolean> {
+  renew(scope: string, key: string, token: string, leaseMs: number): boolean {
     const now = Date.now();
     const record = this.#live(scope, key, now);
     if (record === undefined || record.token !== token) return false;
@@ -125,14 +120,14 @@ export class MemoryStore implements Store {
     return true;
   }
 
-  async release(scope: string, key: string, token: string): Promise<boolean> {
+  release(scope: string, key: string, token: string): boolean {
     const record = this.#live(scope, key, Date.now());
     if (record === undefined || record.token !== token) return false;
     this.#remove(record);
     return true;
   }
 
-  async get(scope: string, key: string): Promise<RecordView | undefined> {
+  get(scope: string, key: string): RecordView | undefined {
     const record = this.#live(scope, key, Date.now());
     if (record === undefined) return undefined;
     const view: RecordView = {

@@ -192,7 +192,7 @@ describe('SqliteStore', () => {
     await store.close();
     expect(database.open).toBe(true);
     expect(database.prepare('SELECT count(*) AS n FROM oncely_records_v1').get()).toEqual({ n: 1 });
-    await expect(store.acquire(input('key-23456789'))).rejects.toThrow(/closed/);
+    expect(() => store.acquire(input('key-23456789'))).toThrow(/closed/);
     database.close();
   });
 
@@ -226,7 +226,7 @@ describe('SqliteStore', () => {
     await store.complete('scope', done.key, done.token, response(), 60_000);
     const other = new Database(file);
     other.exec('BEGIN IMMEDIATE');
-    await expect(store.acquire(input('key-23456789'))).rejects.toThrow(/locked|busy/i);
+    expect(() => store.acquire(input('key-23456789'))).toThrow(/locked|busy/i);
     // WAL: a reader is not blocked by another connection's write lock.
     expect((await store.acquire(input(done.key))).state).toBe('completed');
     other.exec('ROLLBACK');

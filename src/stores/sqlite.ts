@@ -69,7 +69,8 @@ const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
  * A store in a SQLite file, through `better-sqlite3`: durable across restarts and safe for several
  * processes on one machine sharing the file (WAL). Every state transition is one SQL statement or one
  * `BEGIN IMMEDIATE` transaction; every statement reads the app clock (`Date.now()`) and treats a record
- * whose `expires_at` has passed as absent (T1, T2).
+ * whose `expires_at` has passed as absent (T1, T2). `better-sqlite3` is synchronous, so record
+ * operations answer at once, without a promise.
  *
  * @param options exactly one of `path` / `database`; `tableName` (default `'oncely_records_v1'`),
  *   `busyTimeoutMs` (default 5 000), `synchronous` (default `'full'`), `sweepIntervalMs` (default 60 000)
@@ -241,7 +242,7 @@ export class SqliteStore implements Store {
     return this.#table;
   }
 
-  async acquire(input: AcquireInput): Promise<AcquireResult> {
+  acquire(input: AcquireInput): AcquireResult {
     this.#open();
     // A replay or a 409 is one read: WAL readers never wait for the write lock.
     const row = this.#selectLive.get(input.scope, input.key, Date.now());
@@ -251,13 +252,7 @@ export class SqliteStore implements Store {
     return this.#acquireLocked.immediate(input);
   }
 
-  async complete(
-    scope: string,
-    key: string,
-    token: string,
-    response: StoredResponse,
-    ttlMs: number,
-  ): Promise<boolean> {
+  complete(scope: string, key: string, token: string, response: StoredResponse, ttlMs: number): boolean {
     this.#open();
     const now = Date.now();
     const body = response.body;
@@ -276,18 +271,18 @@ export class SqliteStore implements Store {
     return result.changes === 1;
   }
 
-  async renew(scope: string, key: string, token: string, leaseMs: number): Promise<boolean> {
+  renew(scope: string, key: string, token: string, leaseMs: number): boolean {
     this.#open();
     const now = Date.now();
     return this.#renew.run(now + leaseMs, scope, key, token, now).changes === 1;
   }
 
-  async release(scope: string, key: string, token: string): Promise<boolean> {
+  release(scope: string, key: string, token: string): boolean {
     this.#open();
     return this.#release.run(scope, key, token, Date.now()).changes === 1;
   }
 
-  async get(scope: string, key: string): Promise<RecordView | undefined> {
+  get(scope: string, key: string): RecordView | undefined {
     this.#open();
     const row = this.#selectLive.get(scope, key, Date.now());
     if (row === undefined) return undefined;

@@ -400,7 +400,7 @@ describe('gateway: operations', () => {
   });
 
   it('S2: /healthz answers 503 when the store fails', async () => {
-    const failing = new MemoryStore();
+    const failing: Store = new MemoryStore();
     let broken = false;
     const get = failing.get.bind(failing);
     failing.get = (scope, key) => (broken ? Promise.reject(new Error('store down')) : get(scope, key));
