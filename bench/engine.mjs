@@ -20,7 +20,7 @@ const flags = parseFlags();
 const N = flags.quick ? 20_000 : 100_000;
 const body = new TextEncoder().encode(REQUEST_BODY);
 const responseBody = new TextEncoder().encode(REQUEST_BODY.slice(0, 299));
-const engine = new Engine({ store: new MemoryStore() });
+let engine = new Engine({ store: new MemoryStore() });
 
 function request(key) {
   const headers = { 'idempotency-key': key, 'content-type': 'application/json' };
@@ -121,6 +121,13 @@ for (let i = 0; i < 20_000; i++) await one(`warmup-${i}-key`); // JIT
 await time('new key', (i) => `newkey-${i}-abcdef`);
 await time('replay', (i) => `newkey-${i % 100}-abcdef`);
 await time('no key', () => undefined);
+// A store bounded by maxRecords, full after the first 10 000 keys: every new key then evicts one.
+const unbounded = engine;
+engine = new Engine({ store: new MemoryStore({ maxRecords: 10_000 }) });
+for (let i = 0; i < 20_000; i++) await one(`bounded-warmup-${i}`);
+await time('new key, maxRecords 10 000', (i) => `bounded-${i}-abcdef`);
+await engine.close();
+engine = unbounded;
 await allocated('new key', one, (i) => `alloc-${i}-abcdef`);
 await allocated('replay', one, (i) => `newkey-${i % 100}-abcdef`);
 await retained();

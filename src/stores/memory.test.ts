@@ -123,6 +123,27 @@ describe('MemoryStore', () => {
     await store.close();
   });
 
+  it('maxRecords evicts in the order records completed, skipping ones that expired meanwhile', async () => {
+    vi.useFakeTimers();
+    const store = new MemoryStore({ maxRecords: 3 });
+    const acquire = (key: string) =>
+      store.acquire({ scope: 's', key, fingerprint: 'f', token: `t${key}`, leaseMs: 60_000 });
+    acquire('a');
+    acquire('b');
+    acquire('c');
+    store.complete('s', 'c', 'tc', response, 60_000);
+    store.complete('s', 'a', 'ta', response, 10); // completes second, and expires first
+    store.complete('s', 'b', 'tb', response, 60_000);
+    vi.advanceTimersByTime(20);
+    expect(store.get('s', 'a')).toBeUndefined(); // removed on access
+    acquire('d');
+    acquire('e'); // full: evicts c, the oldest completion still held (a is gone already)
+    expect(store.get('s', 'c')).toBeUndefined();
+    expect(store.get('s', 'b')).toMatchObject({ state: 'completed' });
+    await store.close();
+    vi.useRealTimers();
+  });
+
   it("maxRecords: an evicted record's response is not kept alive by anything the store holds", async () => {
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;

@@ -2,6 +2,7 @@
  * @module MemoryStore: records in this process's memory (tests, single-process servers).
  */
 import type { AcquireInput, AcquireResult, RecordView, Store, StoredResponse } from '../core/store.js';
+import { CompletionQueue } from './_completion-queue.js';
 
 /** Options of {@link MemoryStore}. */
 export interface MemoryStoreOptions {
@@ -44,7 +45,7 @@ export class MemoryStore implements Store {
   readonly #expiries = new ExpiryHeap();
   readonly #maxRecords: number;
   /** With `maxRecords` only: completed records, oldest completion first, for eviction. */
-  readonly #completed: Set<MemoryRecord> | undefined;
+  readonly #completed: CompletionQueue<MemoryRecord> | undefined;
   #timer: NodeJS.Timeout | undefined;
 
   constructor(options: MemoryStoreOptions = {}) {
@@ -57,7 +58,7 @@ export class MemoryStore implements Store {
       throw new RangeError('MemoryStore: options.maxRecords must be a positive integer');
     }
     this.#maxRecords = max;
-    this.#completed = max === Number.POSITIVE_INFINITY ? undefined : new Set();
+    this.#completed = max === Number.POSITIVE_INFINITY ? undefined : new CompletionQueue(max);
     this.#timer = setInterval(() => this.sweep(), interval);
     this.#timer.unref();
   }
@@ -108,7 +109,7 @@ export class MemoryStore implements Store {
     record.response = response;
     record.updatedAt = now;
     this.#expireAt(record, now + ttlMs);
-    this.#completed?.add(record);
+    this.#completed?.push(record);
     return true;
   }
 
@@ -181,9 +182,9 @@ export class MemoryStore implements Store {
     keys.delete(record.key);
     if (keys.size === 0) this.#scopes.delete(record.scope);
     this.#size--;
-    this.#completed?.delete(record);
     // Its heap entry may outlive it (a record evicted under maxRecords keeps an entry until its TTL
-    // would have ended): what the entry still holds must not include the body.
+    // would have ended): what the entry still holds must not include the body. No response also
+    // marks it as gone for the completion queue.
     record.response = undefined;
   }
 
@@ -211,13 +212,13 @@ export class MemoryStore implements Store {
   /** Make room for one record: an expired one goes first (T2), then the oldest completed one. */
   #evictOne(now: number): void {
     if (this.#sweepDue(now, 1) === 1) return;
-    const oldest = this.#completed!.values().next();
-    if (oldest.done) {
+    const oldest = this.#completed!.shift();
+    if (oldest === undefined) {
       throw new Error(
         `MemoryStore is full: all ${this.#maxRecords} records are in flight (options.maxRecords)`,
       );
     }
-    this.#remove(oldest.value);
+    this.#remove(oldest);
   }
 }
 
