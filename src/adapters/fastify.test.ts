@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { deferred } from '../../test/conformance/app.js';
+import { Engine } from '../core/engine.js';
 import type { Store } from '../core/store.js';
 import { MemoryStore } from '../stores/memory.js';
 import { type FastifyIdempotencyOptions, idempotency } from './fastify.js';
@@ -454,6 +455,29 @@ describe('oncely/fastify route config', () => {
     expect(off.second.headers['idempotent-replayed']).toBeUndefined();
     const on = await twice('/on', 'key-00000002');
     expect(on.second.headers['idempotent-replayed']).toBe('true');
+  });
+
+  it('K6, M2: routes whose methods keys never take effect on are not hooked; with onSafeMethodKey reject they are', async () => {
+    const begin = vi.spyOn(Engine.prototype, 'begin');
+    await build({}, (a) => {
+      a.get('/read', async () => ({ runs: ++runs }));
+      a.put('/write', async () => ({ runs: ++runs }));
+      a.route({ method: ['GET', 'POST'], url: '/both', handler: async () => ({ runs: ++runs }) });
+    });
+    const headers = keyed('not a key!');
+    expect((await app.inject({ method: 'GET', url: '/read', headers })).statusCode).toBe(200);
+    expect((await app.inject({ method: 'PUT', url: '/write', headers, payload: {} })).statusCode).toBe(200);
+    expect(begin).not.toHaveBeenCalled();
+    // A route that also takes POST is hooked, and its GET requests pass the engine untouched.
+    expect((await app.inject({ method: 'GET', url: '/both', headers })).statusCode).toBe(200);
+    expect(begin).toHaveBeenCalledTimes(1);
+    expect((await app.inject({ method: 'POST', url: '/both', headers, payload: {} })).statusCode).toBe(400);
+    await app.close();
+    await build({ onSafeMethodKey: 'reject' }, (a) => a.get('/read', async () => ({ runs: ++runs })));
+    const rejected = await app.inject({ method: 'GET', url: '/read', headers: keyed('key-00000001') });
+    expect(rejected.statusCode).toBe(400);
+    expect(rejected.json().code).toBe('idempotency_key_not_allowed');
+    begin.mockRestore();
   });
 
   it('M3: per-route overrides apply to that route only', async () => {

@@ -276,8 +276,12 @@ const plugin: FastifyPluginAsync<FastifyIdempotencyOptions> = async function onc
     const config = route.config?.idempotency;
     if (config === false) return;
     // Per-route overrides are validated and turned into an engine once, when the route is declared.
-    const routed =
-      config === undefined ? hooks : routeHooks(new Engine<FastifyRequest>({ ...base, ...config }));
+    const routeEngine = config === undefined ? engine : new Engine<FastifyRequest>({ ...base, ...config });
+    // K6, M2: a route whose methods no key takes effect on (GET, PUT…) is left without hooks, so its
+    // requests cost nothing at all.
+    const methods = Array.isArray(route.method) ? route.method : [route.method];
+    if (!methods.some((method) => routeEngine.handles(method))) return;
+    const routed = routeEngine === engine ? hooks : routeHooks(routeEngine);
     // Route-level hooks run after the application's, so onSend sees the final payload (compression…).
     const hooked = route as unknown as Record<'preParsing' | 'onSend', unknown>;
     for (const name of ['preParsing', 'onSend'] as const) {

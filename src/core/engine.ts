@@ -101,6 +101,15 @@ export class Engine<Raw = unknown> {
   }
 
   /**
+   * Whether a request with this method can be anything but passed through untouched: keys take
+   * effect on it (M1), or a key on it is answered 400 (M2, `onSafeMethodKey: 'reject'`). Adapters
+   * that hook routes one by one (Fastify) leave the other routes alone.
+   */
+  handles(method: string): boolean {
+    return this.options.onSafeMethodKey === 'reject' || this.options.methods.has(method.toUpperCase());
+  }
+
+  /**
    * Decide what happens to one request. Returns {@link PASS} synchronously for requests the engine
    * does not touch (K6, M2, M3), so unkeyed traffic costs a header look-up. A keyed request is
    * decided synchronously too when everything it needs is at hand (a body already read, an
