@@ -3,6 +3,7 @@
  */
 import type { NextFunction, Request, Response } from 'express';
 import { type Decision, Engine, PASS } from '../core/engine.js';
+import { IDEMPOTENCY_KEY_HEADER } from '../core/key.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import { captureResponse, NodeRequest, writeResponse } from './_node-http.js';
 
@@ -35,6 +36,10 @@ export function idempotency(options?: IdempotencyOptions<Request>): IdempotencyM
   const engine = new Engine<Request>(options);
 
   function idempotencyMiddleware(req: Request, res: Response, next: NextFunction): void {
+    if (engine.passes(req.method, req.headers[IDEMPOTENCY_KEY_HEADER] !== undefined)) {
+      next();
+      return;
+    }
     // originalUrl: the fingerprint (F1) must not depend on where the middleware is mounted.
     const decision = engine.begin(new NodeRequest(req, req, req.originalUrl, () => req.body));
     if (decision === PASS) {

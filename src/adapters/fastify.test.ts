@@ -458,7 +458,7 @@ describe('oncely/fastify route config', () => {
   });
 
   it('K6, M2: routes whose methods keys never take effect on are not hooked; with onSafeMethodKey reject they are', async () => {
-    const begin = vi.spyOn(Engine.prototype, 'begin');
+    const asked = vi.spyOn(Engine.prototype, 'passes');
     await build({}, (a) => {
       a.get('/read', async () => ({ runs: ++runs }));
       a.put('/write', async () => ({ runs: ++runs }));
@@ -467,17 +467,17 @@ describe('oncely/fastify route config', () => {
     const headers = keyed('not a key!');
     expect((await app.inject({ method: 'GET', url: '/read', headers })).statusCode).toBe(200);
     expect((await app.inject({ method: 'PUT', url: '/write', headers, payload: {} })).statusCode).toBe(200);
-    expect(begin).not.toHaveBeenCalled();
+    expect(asked).not.toHaveBeenCalled();
     // A route that also takes POST is hooked, and its GET requests pass the engine untouched.
     expect((await app.inject({ method: 'GET', url: '/both', headers })).statusCode).toBe(200);
-    expect(begin).toHaveBeenCalledTimes(1);
+    expect(asked).toHaveBeenCalledTimes(1);
     expect((await app.inject({ method: 'POST', url: '/both', headers, payload: {} })).statusCode).toBe(400);
     await app.close();
     await build({ onSafeMethodKey: 'reject' }, (a) => a.get('/read', async () => ({ runs: ++runs })));
     const rejected = await app.inject({ method: 'GET', url: '/read', headers: keyed('key-00000001') });
     expect(rejected.statusCode).toBe(400);
     expect(rejected.json().code).toBe('idempotency_key_not_allowed');
-    begin.mockRestore();
+    asked.mockRestore();
   });
 
   it('M3: per-route overrides apply to that route only', async () => {

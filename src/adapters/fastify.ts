@@ -21,6 +21,7 @@ import {
   PASS,
 } from '../core/engine.js';
 import { RequestTooLargeError } from '../core/errors.js';
+import { IDEMPOTENCY_KEY_HEADER } from '../core/key.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import type { Awaitable, Store } from '../core/store.js';
 import { MemoryStore } from '../stores/memory.js';
@@ -50,6 +51,9 @@ function routeHooks(engine: Engine<FastifyRequest>) {
   // Callback style, not async: a request oncely answers must stop here, so `done` is never called
   // for it; an async hook would resolve and let parsing go on.
   const preParsing: preParsingHookHandler = function oncelyPreParsing(request, reply, payload, done) {
+    if (engine.passes(request.method, request.headers[IDEMPOTENCY_KEY_HEADER] !== undefined)) {
+      return done(null, payload);
+    }
     const incoming = new FastifyIncoming(request, payload);
     const decision = engine.begin(incoming);
     if (decision === PASS) return done(null, payload);
@@ -155,15 +159,19 @@ class FastifyIncoming implements IncomingRequest<FastifyRequest> {
     return peeked;
   }
 
-  async #readLater(limit: number, declared: string | undefined): Promise<Uint8Array> {
-    this.peeked = await peekNext(this.payload, declared);
-    if (this.peeked !== undefined) return this.peeked;
-    // Past the limit the rest drains unread, so the connection stays usable for the 413.
-    this.read = await readStreamLimited(this.payload, limit, {
-      declaredLength: declared,
-      onOverflow: 'drain',
+  // Plain promise callbacks rather than an async function: one frame less on every keyed request.
+  #readLater(limit: number, declared: string | undefined): Promise<Uint8Array> {
+    return peekNext(this.payload, declared).then((peeked) => {
+      this.peeked = peeked;
+      if (peeked !== undefined) return peeked;
+      // Past the limit the rest drains unread, so the connection stays usable for the 413.
+      return readStreamLimited(this.payload, limit, { declaredLength: declared, onOverflow: 'drain' }).then(
+        (read) => {
+          this.read = read;
+          return read;
+        },
+      );
     });
-    return this.read;
   }
 
   /** What Fastify parses: the payload, if the body was only peeked at; else the bytes read from it. */

@@ -3,6 +3,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Decision, Engine, PASS } from '../core/engine.js';
+import { IDEMPOTENCY_KEY_HEADER } from '../core/key.js';
 import type { IdempotencyOptions } from '../core/options.js';
 import { captureResponse, NodeRequest, writeResponse } from './_node-http.js';
 
@@ -27,6 +28,9 @@ export function withIdempotency(
   const engine = new Engine<IncomingMessage>(options);
 
   function idempotentListener(req: IncomingMessage, res: ServerResponse): unknown {
+    if (engine.passes(req.method ?? 'GET', req.headers[IDEMPOTENCY_KEY_HEADER] !== undefined)) {
+      return listener(req, res);
+    }
     const decision = engine.begin(new NodeRequest(req, req));
     if (decision === PASS) return listener(req, res);
     if (!(decision instanceof Promise)) return act(decision, listener, req, res);

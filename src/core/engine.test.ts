@@ -70,6 +70,27 @@ describe('Engine.begin', () => {
     expect(engine.begin(incoming('GET', { 'idempotency-key': 'not a key' }))).toBe(PASS);
   });
 
+  it('K6, M2, M3: passes() is true exactly when begin() answers PASS, for every method, key and option', async () => {
+    const cases = fc.record({
+      method: fc.constantFrom('POST', 'PATCH', 'GET', 'PUT', 'DELETE', 'HEAD', 'OPTIONS', 'PURGE'),
+      key: fc.constantFrom(undefined, 'abcdefgh', 'bad key'),
+      required: fc.boolean(),
+      onSafeMethodKey: fc.constantFrom('ignore' as const, 'reject' as const),
+      methods: fc.constantFrom(undefined, ['POST'], ['PUT', 'DELETE']),
+    });
+    await fc.assert(
+      fc.asyncProperty(cases, async ({ method, key, required, onSafeMethodKey, methods }) => {
+        const engine = new Engine<null>({ required, onSafeMethodKey, methods });
+        const headers: Record<string, string> = key === undefined ? {} : { 'idempotency-key': key };
+        const decision = engine.begin(incoming(method, headers));
+        expect(engine.passes(method, key !== undefined)).toBe(decision === PASS);
+        if (decision instanceof Promise) await decision;
+        await engine.close();
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   it('P1: no generated input throws out of the engine; every answer is a decision, every rejection a problem (3,000 inputs)', async () => {
     const engine = new Engine<null>({ maxRequestBytes: 64 });
     const method = fc.constantFrom(

@@ -120,17 +120,27 @@ export class Engine<Raw = unknown> {
   begin(request: IncomingRequest<Raw>): Decision | Promise<Decision> {
     const options = this.options;
     const header = request.header(IDEMPOTENCY_KEY_HEADER);
+    if (this.passes(request.method, header !== undefined)) return PASS;
     if (!options.methods.has(request.method)) {
-      // K6, M2: other methods pass unread, unless told to reject keys on them.
-      if (header === undefined || options.onSafeMethodKey === 'ignore') return PASS;
       return this.#reject(request, new KeyNotAllowedError(request.method), performance.now());
     }
     if (header === undefined) {
-      return options.required
-        ? this.#reject(request, new MissingKeyError(request.method), performance.now())
-        : PASS;
+      return this.#reject(request, new MissingKeyError(request.method), performance.now());
     }
     return this.#beginKeyed(request, header);
+  }
+
+  /**
+   * Whether a request with this method, with or without an `Idempotency-Key`, passes untouched
+   * (K6, M2, M3): what {@link Engine.begin} answers with {@link PASS}. Adapters ask first, so that
+   * unkeyed traffic costs them no view of the request at all.
+   */
+  passes(method: string, keyed: boolean): boolean {
+    const options = this.options;
+    // K6, M2: other methods pass unread, unless told to reject keys on them.
+    if (!options.methods.has(method)) return !keyed || options.onSafeMethodKey === 'ignore';
+    // M3: no key passes, unless one is required.
+    return !keyed && !options.required;
   }
 
   // Plain functions rather than async ones, here and down to the store: a request whose body is
