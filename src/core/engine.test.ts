@@ -189,6 +189,22 @@ describe('Engine.begin', () => {
     await expect(decision).rejects.toThrow('no tenant');
   });
 
+  it('P1: a readBody that throws anything else at once rejects the decision rather than throwing out of begin()', async () => {
+    const engine = new Engine<null>();
+    const request: IncomingRequest<null> = {
+      ...inHand({ 'idempotency-key': 'abcdefgh' }),
+      readBody: () => {
+        throw new Error('socket gone');
+      },
+    };
+    let decision: ReturnType<typeof engine.begin> | undefined;
+    expect(() => {
+      decision = engine.begin(request);
+    }).not.toThrow();
+    await expect(decision).rejects.toThrow('socket gone');
+    await engine.close();
+  });
+
   it('F1: a fingerprint callback runs once, also when it returns something other than a string', async () => {
     const fingerprint = vi.fn(() => 42 as unknown as string);
     const engine = new Engine<null>({ fingerprint });

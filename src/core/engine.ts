@@ -154,7 +154,9 @@ export class Engine<Raw = unknown> {
     try {
       body = incoming.readBody(this.options.maxRequestBytes);
     } catch (error) {
-      return this.#unreadable(incoming, error, started, key);
+      // Any other error rejects the decision, as it would have from a promise.
+      if (error instanceof IdempotencyError) return this.#reject(incoming, error, started, key);
+      return Promise.reject(error);
     }
     if (isPromiseLike(body)) {
       return Promise.resolve(body).then(
