@@ -106,7 +106,8 @@ export class Engine<Raw = unknown> {
    * that hook routes one by one (Fastify) leave the other routes alone.
    */
   handles(method: string): boolean {
-    return this.options.onSafeMethodKey === 'reject' || this.options.methods.has(method.toUpperCase());
+    // A keyed request that passes untouched is one the engine never acts on.
+    return !this.passes(method.toUpperCase(), true);
   }
 
   /**
